@@ -1,0 +1,197 @@
+"""One config for the whole kit, with named presets (`tiny`, `small`, `paper`).
+
+    cfg = PPLLaVAConfig.from_name("tiny", pooling="adaptive")
+    cfg.to_yaml("run.yaml"); PPLLaVAConfig.from_yaml("run.yaml") == cfg
+
+Plain types only (str, int, float, bool, tuples of ints), so it serializes to YAML and back
+and is never `eval`-ed; `__post_init__` validates and names the field at fault.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, Optional, Tuple, Union
+
+import yaml
+
+from ppllava.ops.clip_context import EXTENSION_INITS
+from ppllava.ops.pooling import POOLING_MODES, WEIGHTINGS
+
+CHOICES = {
+    "clip_backend": ("hf", "open_clip"),
+    "llm_family": ("llama", "qwen2"),
+    "pooling": POOLING_MODES,
+    "weighting": WEIGHTINGS,
+    "clip_prompt": ("question", "conversation"),
+    "pool_position": ("after_projector", "before_projector"),
+    "extension_init": EXTENSION_INITS,
+    "dtype": ("float32", "bfloat16", "float16"),
+}
+
+
+@dataclass
+class PPLLaVAConfig:
+    name: str = "tiny"
+
+    # --- CLIP vision tower ---------------------------------------------------------------
+    clip_backend: str = "hf"  # "hf" (transformers CLIPModel) or "open_clip"
+    image_size: int = 64  # square frames, pixels
+    patch_size: int = 16  # patch grid is image_size // patch_size per side
+    vision_width: int = 64
+    vision_layers: int = 3
+    vision_heads: int = 4
+    vision_feature_layer: int = -2  # penultimate layer, CLS dropped (LLaVA)
+
+    # --- CLIP text tower and joint space -------------------------------------------------
+    text_width: int = 64
+    text_layers: int = 2
+    text_heads: int = 4
+    clip_vocab_size: int = 49408  # open_clip's bundled BPE vocabulary works offline
+    clip_embed_dim: int = 64  # Dc, the joint embedding size
+    clip_context: int = 77  # text positions before extension
+    extend_clip_context: bool = True
+    clip_extended_context: int = 248
+    clip_keep_positions: int = 20  # rows of the position table left frozen by the extension
+    extension_init: str = "interpolate"  # interpolate | random
+    clip_text_trainable: bool = False  # frozen | trainable text tower
+    logit_scale_init: float = 4.605170185988092  # log(100), OpenAI CLIP's tau
+
+    # --- LLM ------------------------------------------------------------------------------
+    llm_family: str = "llama"  # llama (Vicuna) | qwen2
+    llm_hidden: int = 128
+    llm_layers: int = 2
+    llm_heads: int = 4
+    llm_kv_heads: int = 4
+    llm_intermediate: int = 256
+    llm_vocab_size: int = 512  # the tiny world's word-level vocabulary fits well under this
+    llm_max_positions: int = 1024
+
+    # --- media and pooling ----------------------------------------------------------------
+    num_frames: int = 8
+    pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt
+    video_kernel: Tuple[int, int, int] = (2, 2, 2)  # (T, H, W); stride = kernel unless set
+    video_stride: Optional[Tuple[int, int, int]] = None
+    video_output_size: Optional[Tuple[int, int, int]] = None  # for adaptive, or instead of kernel
+    image_kernel: Tuple[int, int, int] = (1, 2, 2)
+    pool_temperature: float = 0.01
+    weighting: str = "softmax"  # softmax (released code) | normalized (paper text)
+    clip_prompt: str = "question"  # question | conversation (released training code)
+    pool_position: str = "after_projector"  # after_projector (released code) | before_projector
+    image_grid_pinpoints: Tuple[Tuple[int, int], ...] = ((64, 64), (64, 128), (128, 64), (128, 128))
+
+    # --- numerics -------------------------------------------------------------------------
+    dtype: str = "float32"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        # YAML hands back lists; the config holds tuples.
+        for name in ("video_kernel", "video_stride", "video_output_size", "image_kernel"):
+            value = getattr(self, name)
+            if value is not None:
+                value = tuple(value)
+                if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
+                    raise ValueError(f"PPLLaVAConfig.{name} must be 3 positive ints (T, H, W), got {value!r}")
+                setattr(self, name, value)
+        self.image_grid_pinpoints = tuple(tuple(p) for p in self.image_grid_pinpoints)
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"PPLLaVAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "text_width",
+                     "text_layers", "text_heads", "clip_embed_dim", "llm_hidden", "llm_layers", "llm_heads",
+                     "llm_kv_heads", "llm_intermediate", "llm_vocab_size", "num_frames", "clip_context"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"PPLLaVAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if self.image_size % self.patch_size:
+            raise ValueError(f"PPLLaVAConfig.image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
+        for width, heads, what in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text"),
+                                   (self.llm_hidden, self.llm_heads, "llm")):
+            if width % heads:
+                raise ValueError(f"PPLLaVAConfig.{what}_heads {heads} must divide the {what} width {width}")
+        if self.llm_heads % self.llm_kv_heads:
+            raise ValueError(f"PPLLaVAConfig.llm_kv_heads {self.llm_kv_heads} must divide llm_heads {self.llm_heads}")
+        if self.extend_clip_context:
+            span, rest = self.clip_context - self.clip_keep_positions, self.clip_extended_context - self.clip_keep_positions
+            if not 1 <= self.clip_keep_positions <= self.clip_context - 2 or rest % span:
+                raise ValueError(
+                    f"PPLLaVAConfig.clip_extended_context {self.clip_extended_context} must be clip_keep_positions "
+                    f"{self.clip_keep_positions} + an integer factor x (clip_context {self.clip_context} - keep)"
+                )
+        if not self.pool_temperature > 0:
+            raise ValueError(f"PPLLaVAConfig.pool_temperature must be > 0, got {self.pool_temperature}")
+        if self.pooling == "adaptive" and self.video_output_size is None:
+            raise ValueError("PPLLaVAConfig.video_output_size is required when pooling is 'adaptive'")
+        grid = self.patch_grid
+        for axis, (k, size) in enumerate(zip(self.video_kernel, (self.num_frames, grid, grid))):
+            if k > size:
+                raise ValueError(f"PPLLaVAConfig.video_kernel[{axis}] = {k} exceeds the input size {size} on axis {'THW'[axis]}")
+
+    # --- derived --------------------------------------------------------------------------
+    @property
+    def patch_grid(self) -> int:
+        """Patches per side of one frame or image crop."""
+        return self.image_size // self.patch_size
+
+    @property
+    def text_context_length(self) -> int:
+        return self.clip_extended_context if self.extend_clip_context else self.clip_context
+
+    # --- presets and serialization --------------------------------------------------------
+    @classmethod
+    def from_name(cls, name: str, **overrides: Any) -> "PPLLaVAConfig":
+        if name not in PRESETS:
+            raise ValueError(f"unknown preset {name!r}; presets are {tuple(PRESETS)}")
+        unknown = set(overrides) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PPLLaVAConfig fields: {sorted(unknown)}")
+        return cls(**{**PRESETS[name], "name": name, **overrides})
+
+    def to_dict(self) -> Dict[str, Any]:
+        def plain(v):
+            return [plain(x) for x in v] if isinstance(v, tuple) else v
+        return {k: plain(v) for k, v in dataclasses.asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "PPLLaVAConfig":
+        unknown = set(data) - {f.name for f in dataclasses.fields(cls)}
+        if unknown:
+            raise ValueError(f"unknown PPLLaVAConfig fields: {sorted(unknown)}")
+        return cls(**data)
+
+    def to_yaml(self, path: Union[str, Path, None] = None) -> str:
+        text = yaml.safe_dump(self.to_dict(), sort_keys=False)
+        if path is not None:
+            Path(path).write_text(text)
+        return text
+
+    @classmethod
+    def from_yaml(cls, path_or_text: Union[str, Path]) -> "PPLLaVAConfig":
+        path = Path(path_or_text)
+        text = path.read_text() if "\n" not in str(path_or_text) and path.exists() else str(path_or_text)
+        data = yaml.safe_load(text)
+        if not isinstance(data, dict):
+            raise ValueError(f"{path_or_text}: expected a mapping of PPLLaVAConfig fields")
+        return cls.from_dict(data)
+
+
+PRESETS: Dict[str, Dict[str, Any]] = {
+    # CPU, seconds: 64 px frames with 16 px patches (4 x 4 grid), so each object spans several patches.
+    "tiny": {},
+    # CPU, minutes: finer grid, more frames, wider towers and LLM.
+    "small": dict(
+        image_size=96, vision_width=128, vision_layers=4, vision_heads=4, text_width=128, text_layers=3,
+        text_heads=4, clip_embed_dim=128, llm_hidden=256, llm_layers=4, llm_heads=8, llm_kv_heads=8,
+        llm_intermediate=512, llm_vocab_size=1024, llm_max_positions=2048, num_frames=16,
+        video_kernel=(2, 3, 3), image_kernel=(1, 3, 3),
+        image_grid_pinpoints=((96, 96), (96, 192), (192, 96), (192, 192)),
+    ),
+    # The published model: CLIP ViT-L/14-336 + Vicuna-7B LLaVA-NeXT, 32 frames, kernel (2, 3, 3), bf16.
+    "paper": dict(
+        image_size=336, patch_size=14, vision_width=1024, vision_layers=24, vision_heads=16,
+        text_width=768, text_layers=12, text_heads=12, clip_embed_dim=768,
+        llm_hidden=4096, llm_layers=32, llm_heads=32, llm_kv_heads=32, llm_intermediate=11008,
+        llm_vocab_size=32064, llm_max_positions=4096, num_frames=32, video_kernel=(2, 3, 3),
+        image_kernel=(1, 3, 3), dtype="bfloat16",
+        image_grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
+    ),
+}

@@ -1,0 +1,26 @@
+"""The method's operations as pure functions (DESIGN.md §2)."""
+from ppllava.ops.clip_context import (
+    ClipPromptTruncated,
+    ExtendedPositionEmbedding,
+    clip_context_length,
+    extend_clip_positions,
+    extend_clip_text_context,
+    tokenize_clip_prompts,
+)
+from ppllava.ops.geometry import window_geometry
+from ppllava.ops.pooling import (
+    POOLING_MODES,
+    WEIGHTINGS,
+    adaptive_pool3d,
+    pool_visual_tokens,
+    prompt_guided_pool3d,
+    window_weights,
+)
+from ppllava.ops.relevance import prompt_relevance
+
+__all__ = [
+    "ClipPromptTruncated", "ExtendedPositionEmbedding", "POOLING_MODES", "WEIGHTINGS",
+    "adaptive_pool3d", "clip_context_length", "extend_clip_positions", "extend_clip_text_context",
+    "pool_visual_tokens", "prompt_guided_pool3d", "prompt_relevance", "tokenize_clip_prompts",
+    "window_geometry", "window_weights",
+]

@@ -1,0 +1,227 @@
+"""Prompt-guided 3D pooling and the equal-interface baselines (DESIGN.md §2).
+
+Visual tokens are token-major, as the model holds them: `x` of shape (B, N, D) with
+N = T*H*W over a `grid` (T, H, W). Token-major (B, T, H, W, D) is exactly channels-last
+memory, so every window offset is a strided *view* of `x`: the pooling below walks the
+kernel offsets (18 for the paper's (2, 3, 3)) and accumulates `weight * view` into the
+output. That reads the input once, never copies it per kernel element (the released
+code's unfold does), and beats `avg_pool3d` on channel-major data on a CPU
+(benchmarks/pooling_bench.py measures it).
+"""
+from __future__ import annotations
+
+import itertools
+from typing import Iterator, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+
+from ppllava.ops.geometry import IntOrTriple, Triple, as_triple, window_geometry
+
+POOLING_MODES = ("none", "temporal_mean", "adaptive", "spatial", "prompt")
+WEIGHTINGS = ("softmax", "normalized")
+
+
+def _window_views(t: torch.Tensor, out: Triple, kernel: Triple, stride: Triple) -> Iterator[torch.Tensor]:
+    """Per kernel offset (a, b, c) in row-major order, the strided view of `t` (B, T, H, W, ...)
+    holding that offset's element of every window: shape (B, T', H', W', ...)."""
+    for a, b, c in itertools.product(*(range(k) for k in kernel)):
+        yield t[
+            :,
+            a : a + (out[0] - 1) * stride[0] + 1 : stride[0],
+            b : b + (out[1] - 1) * stride[1] + 1 : stride[1],
+            c : c + (out[2] - 1) * stride[2] + 1 : stride[2],
+        ]
+
+
+class _WindowWeightedSum(torch.autograd.Function):
+    """out[w] = sum_{o in kernel} weights[w, o] * x[w + o], with a hand-written backward so no
+    full-size temporary is made per kernel offset (autograd of a slice would make one each)."""
+
+    @staticmethod
+    def forward(ctx, x5, weights, out, kernel, stride):  # x5 (B,T,H,W,D), weights (B|1,T',H',W',K)
+        acc_dtype = torch.promote_types(x5.dtype, torch.float32)
+        acc = x5.new_zeros((x5.shape[0], *out, x5.shape[-1]), dtype=acc_dtype)  # (B, T', H', W', D)
+        for o, view in enumerate(_window_views(x5, out, kernel, stride)):
+            acc.addcmul_(view, weights[..., o : o + 1])
+        ctx.save_for_backward(x5, weights)
+        ctx.geometry = (out, kernel, stride)
+        return acc.to(x5.dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):  # grad_out (B, T', H', W', D)
+        x5, weights = ctx.saved_tensors
+        out, kernel, stride = ctx.geometry
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            # Tiling windows that cover the grid write every input position exactly once.
+            exact = all(k == d and o * k == i for o, k, d, i in zip(out, kernel, stride, x5.shape[1:4]))
+            grad_x = torch.empty_like(x5) if exact else torch.zeros_like(x5)
+            w = weights.to(x5.dtype)
+            for o, view in enumerate(_window_views(grad_x, out, kernel, stride)):
+                if exact:
+                    torch.mul(grad_out, w[..., o : o + 1], out=view)
+                else:
+                    view.addcmul_(grad_out, w[..., o : o + 1])
+        if ctx.needs_input_grad[1]:
+            product = torch.empty_like(grad_out)  # one reused buffer, not one per offset
+            grad_w = torch.stack(
+                [torch.mul(grad_out, v, out=product).sum(-1) for v in _window_views(x5, out, kernel, stride)], dim=-1
+            ).to(weights.dtype)
+        return grad_x, grad_w, None, None, None
+
+
+def window_weights(
+    relevance: torch.Tensor,
+    out: Triple,
+    kernel: Triple,
+    stride: Triple,
+    temperature: float = 0.01,
+    weighting: str = "softmax",
+) -> torch.Tensor:
+    """Per-window mixing weights from a relevance map.
+
+    Args:
+        relevance (`torch.FloatTensor` of shape `(B, T, H, W)`): the map `s`.
+        out, kernel, stride: resolved window geometry (see `window_geometry`).
+        temperature: softmax temperature (weighting "softmax" only).
+        weighting: "softmax" (released code: softmax_{i in w}(s_i / temperature)) or
+            "normalized" (paper: s_i / sum_{j in w} s_j; needs s >= 0; a window whose relevance
+            sums to 0 has no defined weights and gets the plain window mean, the limit of equal s).
+
+    Returns:
+        `torch.FloatTensor` of shape `(B, T', H', W', K)`, K = prod(kernel), float32 (float64 for
+        float64 input), summing to 1 over K.
+    """
+    s = relevance.to(torch.promote_types(relevance.dtype, torch.float32))
+    stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
+    if weighting == "softmax":
+        return torch.softmax(stacked / temperature, dim=-1)
+    if weighting == "normalized":
+        if bool((s < 0).any()):
+            raise ValueError("weighting 'normalized' needs a non-negative relevance map; got negative values")
+        total = stacked.sum(-1, keepdim=True)
+        uniform = torch.full_like(stacked, 1.0 / stacked.shape[-1])
+        return torch.where(total > 0, stacked / total.clamp_min(torch.finfo(s.dtype).tiny), uniform)
+    raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def _check_tokens(x: torch.Tensor, grid) -> Triple:
+    grid = as_triple(tuple(grid), "grid")
+    if x.ndim != 3:
+        raise ValueError(f"x must have shape (B, N, D), got {tuple(x.shape)}")
+    n = grid[0] * grid[1] * grid[2]
+    if x.shape[1] != n:
+        raise ValueError(f"x has {x.shape[1]} tokens but grid {grid} holds T*H*W = {n}")
+    return grid
+
+
+def prompt_guided_pool3d(
+    x: torch.Tensor,
+    relevance: Optional[torch.Tensor],
+    grid,
+    *,
+    output_size: Optional[IntOrTriple] = None,
+    kernel: Optional[IntOrTriple] = None,
+    stride: Optional[IntOrTriple] = None,
+    temperature: float = 0.01,
+    weighting: str = "softmax",
+) -> Tuple[torch.Tensor, Triple]:
+    """Convolution-style 3D pooling in which each window is the relevance-weighted mix of its
+    tokens: out[w] = sum_{i in w} a_i x_i (DESIGN.md §2).
+
+    Args:
+        x (`torch.FloatTensor` of shape `(B, N, D)`): visual tokens, N = T*H*W, token-major.
+        relevance (`torch.FloatTensor` of shape `(B, T, H, W)` or None): the map `s`; None gives
+            uniform weights (the plain window mean).
+        grid: (T, H, W).
+        output_size, kernel, stride: any two (or output_size alone, or kernel alone), see
+            `window_geometry`. Windows may overlap.
+        temperature: softmax temperature, > 0.
+        weighting: "softmax" or "normalized" (see `window_weights`).
+
+    Returns:
+        (pooled, out_grid): pooled of shape `(B, T'*H'*W', D)` in the dtype of `x` (weights and
+        accumulation in float32), out_grid = (T', H', W').
+    """
+    grid = _check_tokens(x, grid)
+    if output_size is None and kernel is None:
+        raise ValueError("prompt_guided_pool3d needs output_size or kernel")
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    out, ker, st = window_geometry(grid, output_size, kernel, stride)
+    B, _, D = x.shape
+    if relevance is None:
+        k = ker[0] * ker[1] * ker[2]
+        weights = torch.full((1, 1, 1, 1, k), 1.0 / k, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
+    else:
+        if tuple(relevance.shape) != (B, *grid):
+            raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
+        weights = window_weights(relevance, out, ker, st, temperature, weighting)
+    pooled = _WindowWeightedSum.apply(x.reshape(B, *grid, D), weights, out, ker, st)
+    return pooled.reshape(B, -1, D), out
+
+
+def adaptive_pool3d(x: torch.Tensor, grid, output_size: IntOrTriple) -> Tuple[torch.Tensor, Triple]:
+    """PLLaVA's pooling: `torch.nn.functional.adaptive_avg_pool3d` to `output_size`.
+
+    x (B, N, D) -> ((B, T'*H'*W', D), (T', H', W'))."""
+    grid = _check_tokens(x, grid)
+    out = as_triple(output_size, "output_size")
+    for axis, (o, i) in enumerate(zip(out, grid)):
+        if not 1 <= o <= i:
+            raise ValueError(f"axis {'THW'[axis]}: output_size {o} must be in [1, input size {i}]")
+    B, _, D = x.shape
+    channel_major = x.reshape(B, *grid, D).permute(0, 4, 1, 2, 3)  # (B, D, T, H, W), no copy
+    pooled = F.adaptive_avg_pool3d(channel_major, out)  # (B, D, T', H', W')
+    return pooled.permute(0, 2, 3, 4, 1).reshape(B, -1, D), out
+
+
+def pool_visual_tokens(
+    x: torch.Tensor,
+    grid,
+    mode: str,
+    *,
+    relevance: Optional[torch.Tensor] = None,
+    output_size: Optional[IntOrTriple] = None,
+    kernel: Optional[IntOrTriple] = None,
+    stride: Optional[IntOrTriple] = None,
+    temperature: float = 0.01,
+    weighting: str = "softmax",
+) -> Tuple[torch.Tensor, Triple]:
+    """Pool visual tokens by mode name, all modes with one contract: (B, N, D) -> ((B, N', D), grid').
+
+    Modes:
+        "none": all tokens.
+        "temporal_mean": mean over frames (LLaVA-style), grid (1, H, W).
+        "adaptive": PLLaVA's adaptive average pooling to `output_size`.
+        "spatial": LLaVA-NeXT-Video's 2x2 average per frame (floor mode), grid (T, H//2, W//2).
+        "prompt": this method; needs `relevance` and a geometry (output_size and/or kernel, stride).
+
+    `relevance`, `temperature` and `weighting` are read by "prompt" only. The fixed-geometry modes
+    (none, temporal_mean, spatial) raise if given a geometry rather than ignoring it.
+    """
+    grid = _check_tokens(x, grid)
+    geometry_given = any(v is not None for v in (output_size, kernel, stride))
+    if mode in ("none", "temporal_mean", "spatial") and geometry_given:
+        raise ValueError(f"pooling mode {mode!r} has a fixed geometry; output_size/kernel/stride are for 'adaptive' and 'prompt'")
+    if mode == "none":
+        return x, grid
+    if mode == "temporal_mean":
+        return prompt_guided_pool3d(x, None, grid, kernel=(grid[0], 1, 1))
+    if mode == "spatial":
+        return prompt_guided_pool3d(x, None, grid, kernel=(1, min(2, grid[1]), min(2, grid[2])))
+    if mode == "adaptive":
+        if output_size is None or kernel is not None or stride is not None:
+            raise ValueError("pooling mode 'adaptive' takes output_size only")
+        return adaptive_pool3d(x, grid, output_size)
+    if mode == "prompt":
+        if relevance is None:
+            raise ValueError("pooling mode 'prompt' needs a relevance map (B, T, H, W)")
+        return prompt_guided_pool3d(
+            x, relevance, grid, output_size=output_size, kernel=kernel, stride=stride,
+            temperature=temperature, weighting=weighting,
+        )
+    raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")

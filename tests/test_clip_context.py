@@ -1,0 +1,130 @@
+import copy
+import warnings
+
+import open_clip
+import pytest
+import torch
+from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from ppllava.ops import (
+    ClipPromptTruncated,
+    clip_context_length,
+    extend_clip_positions,
+    extend_clip_text_context,
+    tokenize_clip_prompts,
+)
+from tests.reference import extend_positions_by_rows
+
+TOKENIZER = open_clip.get_tokenizer("ViT-B-32")  # open_clip's bundled BPE works offline
+LONG_PROMPT = " ".join(["the red star moves left then the blue square appears"] * 20)  # > 200 tokens
+
+
+def test_extension_matches_the_formula_row_by_row():
+    p = torch.randn(77, 16, dtype=torch.float64)
+    q = extend_clip_positions(p)
+    assert q.shape == (248, 16)
+    torch.testing.assert_close(q, extend_positions_by_rows(p), rtol=0, atol=1e-12)
+    torch.testing.assert_close(q[:20], p[:20], rtol=0, atol=0)
+    # Every fourth row from 20 on is an original row; the last 4 extrapolate from P[76].
+    torch.testing.assert_close(q[20:244:4], p[20:76], rtol=0, atol=0)
+    torch.testing.assert_close(q[245] - q[244], (p[76] - p[75]) / 4)
+    assert extend_clip_positions(torch.randn(10, 4), keep=3, factor=2).shape == (3 + 2 * 7, 4)
+
+
+def tiny_open_clip(cls=CLIP):
+    torch.manual_seed(0)
+    return cls(
+        embed_dim=32,
+        vision_cfg=CLIPVisionCfg(layers=1, width=32, head_width=16, patch_size=16, image_size=32),
+        text_cfg=CLIPTextCfg(context_length=77, vocab_size=49408, width=32, heads=2, layers=2),
+    ).eval()
+
+
+def tiny_hf_text():
+    torch.manual_seed(0)
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                            num_attention_heads=2, max_position_embeddings=77, eos_token_id=49407,
+                            bos_token_id=49406, pad_token_id=0)
+    return CLIPTextModel(config).eval()
+
+
+@pytest.mark.parametrize("cls", [CLIP, CustomTextCLIP])
+def test_open_clip_tower_encodes_a_200_token_prompt(cls):
+    model = tiny_open_clip(cls)
+    short = TOKENIZER(["a red star"])  # 77 positions
+    with torch.no_grad():
+        before = model.encode_text(short)
+    extend_clip_text_context(model)
+    assert clip_context_length(model) == 248 and model.context_length == 248
+    ids = tokenize_clip_prompts([LONG_PROMPT, "a red star"], TOKENIZER, 248)
+    assert (ids[0] != 0).sum() > 200
+    with torch.no_grad():
+        out = model.encode_text(ids)
+    assert out.shape == (2, 32) and torch.isfinite(out).all()
+    # The first 20 positions are untouched and attention is causal: a short prompt encodes as before.
+    torch.testing.assert_close(out[1:], before)
+
+
+def test_open_clip_extension_trains_only_the_new_rows_and_copies():
+    model = extend_clip_text_context(tiny_open_clip())
+    ids = tokenize_clip_prompts([LONG_PROMPT], TOKENIZER, 248)
+    model.encode_text(ids).sum().backward()
+    table = model.positional_embedding_table
+    assert not table.frozen.requires_grad and table.trainable.grad is not None
+    assert table.trainable.grad[:100].abs().sum() > 0
+    twin = copy.deepcopy(model)  # DPO's frozen reference is a copy
+    torch.testing.assert_close(twin.encode_text(ids), model.encode_text(ids))
+    assert list(model.state_dict()).count("positional_embedding_table.weight") == 1
+
+
+def test_hf_tower_encodes_a_200_token_prompt_and_saves_in_the_standard_layout(tmp_path):
+    model = tiny_hf_text()
+    short = TOKENIZER(["a red star"])[:, :5]
+    with torch.no_grad():
+        before = model(input_ids=short).pooler_output
+    extend_clip_text_context(model)
+    assert clip_context_length(model) == 248
+    ids = tokenize_clip_prompts([LONG_PROMPT], TOKENIZER, 248)
+    with torch.no_grad():
+        out = model(input_ids=ids).pooler_output
+        torch.testing.assert_close(model(input_ids=short).pooler_output, before)
+    assert out.shape == (1, 32) and torch.isfinite(out).all()
+    position = model.embeddings.position_embedding
+    assert not position.frozen.requires_grad and position.trainable.requires_grad
+    # Saved as a plain 248-row CLIP: transformers loads it with no help from the kit.
+    model.save_pretrained(tmp_path)
+    plain = CLIPTextModel.from_pretrained(tmp_path).eval()
+    assert plain.config.max_position_embeddings == 248
+    with torch.no_grad():
+        torch.testing.assert_close(plain(input_ids=ids).pooler_output, out)
+    # And the kit's extended module reloads from that standard layout.
+    again = extend_clip_text_context(tiny_hf_text(), init="random")
+    again.load_state_dict(plain.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(again(input_ids=ids).pooler_output, out)
+
+
+def test_random_init_keeps_the_frozen_rows():
+    model = tiny_hf_text()
+    old = model.embeddings.position_embedding.weight.detach().clone()
+    extend_clip_text_context(model, init="random", generator=torch.Generator().manual_seed(0))
+    new = model.embeddings.position_embedding.weight
+    torch.testing.assert_close(new[:20], old[:20], rtol=0, atol=0)
+    assert 0.005 < new[20:].std() < 0.02
+    with pytest.raises(ValueError, match="init must be one of"):
+        extend_clip_text_context(tiny_hf_text(), init="zeros")
+    with pytest.raises(ValueError, match="context_length 250"):
+        extend_clip_text_context(tiny_hf_text(), context_length=250)
+
+
+def test_long_prompt_is_truncated_with_a_warning_that_counts():
+    full = len(TOKENIZER.encode(LONG_PROMPT)) + 2
+    with pytest.warns(ClipPromptTruncated, match=f"prompt 0 has {full} tokens.*dropped {full - 77} tokens"):
+        ids = tokenize_clip_prompts([LONG_PROMPT], TOKENIZER, 77)
+    assert ids.shape == (1, 77) and ids[0, -1] == TOKENIZER.eot_token_id
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ids = tokenize_clip_prompts(["a red star"], TOKENIZER, 248)
+    # Same ids as open_clip's own tokenizer where nothing is cut.
+    torch.testing.assert_close(ids, TOKENIZER(["a red star"], context_length=248))

@@ -1,0 +1,66 @@
+import dataclasses
+
+import pytest
+
+from ppllava.config import PRESETS, PPLLaVAConfig
+
+
+@pytest.mark.parametrize("name", list(PRESETS))
+def test_presets_round_trip_through_yaml(name, tmp_path):
+    cfg = PPLLaVAConfig.from_name(name)
+    path = tmp_path / f"{name}.yaml"
+    cfg.to_yaml(path)
+    assert PPLLaVAConfig.from_yaml(path) == cfg
+    assert PPLLaVAConfig.from_yaml(cfg.to_yaml()) == cfg
+    assert "!!python" not in path.read_text()  # plain YAML, nothing to eval
+
+
+def test_paper_preset_is_the_published_shape():
+    cfg = PPLLaVAConfig.from_name("paper")
+    assert (cfg.image_size, cfg.patch_size, cfg.patch_grid) == (336, 14, 24)
+    assert (cfg.num_frames, cfg.video_kernel, cfg.image_kernel) == (32, (2, 3, 3), (1, 3, 3))
+    assert cfg.text_context_length == 248 and cfg.dtype == "bfloat16"
+    assert (cfg.llm_hidden, cfg.llm_layers, cfg.vision_width, cfg.vision_layers) == (4096, 32, 1024, 24)
+
+
+def test_tiny_grid_lets_objects_span_patches():
+    cfg = PPLLaVAConfig.from_name("tiny")
+    assert cfg.image_size == 64 and cfg.patch_size == 16 and cfg.patch_grid == 4
+
+
+def test_overrides_and_teaching_switches():
+    cfg = PPLLaVAConfig.from_name("tiny", weighting="normalized", clip_prompt="conversation",
+                                  pool_position="before_projector", clip_text_trainable=True,
+                                  extension_init="random", video_kernel=[2, 4, 4])
+    assert cfg.video_kernel == (2, 4, 4) and cfg.name == "tiny"
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    assert {"weighting", "clip_prompt", "pool_position", "clip_text_trainable", "extension_init"} <= fields
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(pooling="max"), "PPLLaVAConfig.pooling"),
+        (dict(weighting="mean"), "PPLLaVAConfig.weighting"),
+        (dict(video_kernel=(2, 3)), "PPLLaVAConfig.video_kernel"),
+        (dict(video_kernel=(2, 9, 1)), r"video_kernel\[1\] = 9 exceeds"),
+        (dict(image_size=65), "image_size 65"),
+        (dict(llm_heads=3), "llm_heads 3"),
+        (dict(pool_temperature=0.0), "pool_temperature"),
+        (dict(clip_extended_context=250), "clip_extended_context 250"),
+        (dict(pooling="adaptive"), "video_output_size"),
+        (dict(num_frames=0), "num_frames"),
+    ],
+)
+def test_validation_names_the_field(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        PPLLaVAConfig.from_name("tiny", **overrides)
+
+
+def test_unknown_names_are_errors():
+    with pytest.raises(ValueError, match="unknown preset 'huge'"):
+        PPLLaVAConfig.from_name("huge")
+    with pytest.raises(ValueError, match="num_frame"):
+        PPLLaVAConfig.from_name("tiny", num_frame=4)
+    with pytest.raises(ValueError, match="unknown PPLLaVAConfig fields"):
+        PPLLaVAConfig.from_yaml("name: tiny\nkernel: [1, 2, 2]\n")

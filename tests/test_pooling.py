@@ -180,3 +180,30 @@ def test_mode_arguments_are_checked_not_ignored():
         pool_visual_tokens(x, grid, "adaptive", kernel=2)
     with pytest.raises(ValueError, match="must be one of"):
         pool_visual_tokens(x, grid, "max")
+
+
+@pytest.mark.parametrize("grid,kernel", [((4, 6, 6), (2, 3, 3)), ((5, 7, 6), (2, 3, 2))])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_tiled_formulation_equals_the_offset_loop(grid, kernel, dtype):
+    """CUDA takes `_tiled_weighted_sum` for tiling windows; it must agree with the CPU's loop,
+    values and gradients (run here on the CPU, where both formulations work)."""
+    from ppllava.ops.geometry import window_geometry as geo
+    from ppllava.ops.pooling import _tiled_weighted_sum, _WindowWeightedSum, window_weights
+
+    out, ker, st = geo(grid, kernel=kernel)
+    x = tokens(2, grid, 16).to(dtype).reshape(2, *grid, 16)
+    s = relevance_map(2, grid, peaked=False)
+    grads = []
+    for fn in (lambda x5, w: _tiled_weighted_sum(x5, w, out, ker), lambda x5, w: _WindowWeightedSum.apply(x5, w, out, ker, st)):
+        x5 = x.clone().requires_grad_()
+        s_ = s.clone().requires_grad_()
+        w = window_weights(s_, out, ker, st, temperature=0.1)
+        y = fn(x5, w)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        grads.append((y.detach().float(), x5.grad.float(), s_.grad))
+    tol = dict(rtol=2e-2, atol=2e-2) if dtype == torch.bfloat16 else dict(rtol=1e-5, atol=1e-6)
+    for a, b in zip(*grads):
+        torch.testing.assert_close(a, b, **tol)
+    uniform = torch.full((1, 1, 1, 1, ker[0] * ker[1] * ker[2]), 1.0 / (ker[0] * ker[1] * ker[2]))
+    torch.testing.assert_close(_tiled_weighted_sum(x, uniform, out, ker).float(),
+                               _WindowWeightedSum.apply(x, uniform, out, ker, st).float(), **tol)

@@ -5,8 +5,9 @@ N = T*H*W over a `grid` (T, H, W). Token-major (B, T, H, W, D) is exactly channe
 memory, so every window offset is a strided *view* of `x`: the pooling below walks the
 kernel offsets (18 for the paper's (2, 3, 3)) and accumulates `weight * view` into the
 output. That reads the input once, never copies it per kernel element (the released
-code's unfold does), and beats `avg_pool3d` on channel-major data on a CPU
-(benchmarks/pooling_bench.py measures it).
+code's unfold does), and beats `avg_pool3d` on channel-major data on a CPU. On a GPU, where
+18 small kernels are launch-bound, tiling windows go through `_tiled_weighted_sum` instead
+(benchmarks/pooling_bench.py measures both against avg_pool3d).
 """
 from __future__ import annotations
 
@@ -71,6 +72,20 @@ class _WindowWeightedSum(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
+def _tiled_weighted_sum(x5: torch.Tensor, weights: torch.Tensor, out: Triple, kernel: Triple) -> torch.Tensor:
+    """The same sum for tiling windows (stride = kernel) as two whole-tensor kernels: a per-token
+    weight times the tokens, then one reduction over the window axes. On a GPU this beats the
+    per-offset loop (launch-bound there); on a CPU the loop is faster, so each device gets its own.
+
+    x5 (B, T, H, W, D), weights (B|1, T', H', W', K) -> (B, T', H', W', D) in the dtype of x5."""
+    B, D = x5.shape[0], x5.shape[-1]
+    (oT, oH, oW), (kT, kH, kW) = out, kernel
+    blocks = x5[:, : oT * kT, : oH * kH, : oW * kW].reshape(B, oT, kT, oH, kH, oW, kW, D)
+    per_token = weights.expand(B, oT, oH, oW, kT * kH * kW).reshape(B, oT, oH, oW, kT, kH, kW)
+    per_token = per_token.permute(0, 1, 4, 2, 5, 3, 6).unsqueeze(-1).to(x5.dtype)  # (B, oT, kT, oH, kH, oW, kW, 1)
+    return (blocks * per_token).sum(dim=(2, 4, 6))  # reductions accumulate in float32
+
+
 def window_weights(
     relevance: torch.Tensor,
     out: Triple,
@@ -94,7 +109,12 @@ def window_weights(
         float64 input), summing to 1 over K.
     """
     s = relevance.to(torch.promote_types(relevance.dtype, torch.float32))
-    stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
+    if kernel == stride:  # tiling: one reshape-and-permute instead of K strided slices (fewer kernels on a GPU)
+        (oT, oH, oW), (kT, kH, kW) = out, kernel
+        blocks = s[:, : oT * kT, : oH * kH, : oW * kW].reshape(s.shape[0], oT, kT, oH, kH, oW, kW)
+        stacked = blocks.permute(0, 1, 3, 5, 2, 4, 6).reshape(s.shape[0], oT, oH, oW, kT * kH * kW)
+    else:
+        stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
     if weighting == "softmax":
         return torch.softmax(stacked / temperature, dim=-1)
     if weighting == "normalized":
@@ -160,7 +180,11 @@ def prompt_guided_pool3d(
         if tuple(relevance.shape) != (B, *grid):
             raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
         weights = window_weights(relevance, out, ker, st, temperature, weighting)
-    pooled = _WindowWeightedSum.apply(x.reshape(B, *grid, D), weights, out, ker, st)
+    x5 = x.reshape(B, *grid, D)
+    if x.is_cuda and ker == st:
+        pooled = _tiled_weighted_sum(x5, weights, out, ker)
+    else:
+        pooled = _WindowWeightedSum.apply(x5, weights, out, ker, st)
     return pooled.reshape(B, -1, D), out
 
 

@@ -73,17 +73,19 @@ class _WindowWeightedSum(torch.autograd.Function):
 
 
 def _tiled_weighted_sum(x5: torch.Tensor, weights: torch.Tensor, out: Triple, kernel: Triple) -> torch.Tensor:
-    """The same sum for tiling windows (stride = kernel) as two whole-tensor kernels: a per-token
-    weight times the tokens, then one reduction over the window axes. On a GPU this beats the
-    per-offset loop (launch-bound there); on a CPU the loop is faster, so each device gets its own.
+    """The same sum for tiling windows (stride = kernel) as one batched matrix product: gather
+    each window's K tokens into a row (one copy), then (1, K) @ (K, D) per window. On a GPU this
+    beats the per-offset loop (launch-bound there) and broadcasting multiplies; on a CPU the loop
+    is faster, so each device gets its own formulation.
 
     x5 (B, T, H, W, D), weights (B|1, T', H', W', K) -> (B, T', H', W', D) in the dtype of x5."""
     B, D = x5.shape[0], x5.shape[-1]
     (oT, oH, oW), (kT, kH, kW) = out, kernel
+    n_windows, k = B * oT * oH * oW, kT * kH * kW
     blocks = x5[:, : oT * kT, : oH * kH, : oW * kW].reshape(B, oT, kT, oH, kH, oW, kW, D)
-    per_token = weights.expand(B, oT, oH, oW, kT * kH * kW).reshape(B, oT, oH, oW, kT, kH, kW)
-    per_token = per_token.permute(0, 1, 4, 2, 5, 3, 6).unsqueeze(-1).to(x5.dtype)  # (B, oT, kT, oH, kH, oW, kW, 1)
-    return (blocks * per_token).sum(dim=(2, 4, 6))  # reductions accumulate in float32
+    rows = blocks.permute(0, 1, 3, 5, 2, 4, 6, 7).reshape(n_windows, k, D)  # (windows, K, D)
+    mix = weights.expand(B, oT, oH, oW, k).reshape(n_windows, 1, k).to(x5.dtype)
+    return torch.bmm(mix, rows).view(B, oT, oH, oW, D)  # bf16 products accumulate in float32
 
 
 def window_weights(

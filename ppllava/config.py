@@ -67,6 +67,14 @@ class PPLLaVAConfig:
     llm_vocab_size: int = 512  # the tiny world's word-level vocabulary fits well under this
     llm_max_positions: int = 1024
 
+    llm_rms_eps: float = 1e-5
+    # Special tokens of the LLM vocabulary; placeholders are expanded to one id per visual token.
+    pad_token_id: int = 0
+    bos_token_id: int = 1
+    eos_token_id: int = 2
+    image_token_id: int = 3
+    video_token_id: int = 4
+
     # --- media and pooling ----------------------------------------------------------------
     num_frames: int = 8
     pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt
@@ -108,6 +116,12 @@ class PPLLaVAConfig:
                                    (self.llm_hidden, self.llm_heads, "llm")):
             if width % heads:
                 raise ValueError(f"PPLLaVAConfig.{what}_heads {heads} must divide the {what} width {width}")
+        ids = {n: getattr(self, n) for n in ("pad_token_id", "bos_token_id", "eos_token_id", "image_token_id", "video_token_id")}
+        for n, v in ids.items():
+            if not 0 <= v < self.llm_vocab_size:
+                raise ValueError(f"PPLLaVAConfig.{n} {v} is outside the LLM vocabulary [0, {self.llm_vocab_size})")
+        if self.image_token_id == self.video_token_id:
+            raise ValueError("PPLLaVAConfig.image_token_id and video_token_id must differ")
         if self.llm_heads % self.llm_kv_heads:
             raise ValueError(f"PPLLaVAConfig.llm_kv_heads {self.llm_kv_heads} must divide llm_heads {self.llm_heads}")
         if self.extend_clip_context:
@@ -191,6 +205,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         text_width=768, text_layers=12, text_heads=12, clip_embed_dim=768,
         llm_hidden=4096, llm_layers=32, llm_heads=32, llm_kv_heads=32, llm_intermediate=11008,
         llm_vocab_size=32064, llm_max_positions=4096, num_frames=32, video_kernel=(2, 3, 3),
+        image_token_id=32000, video_token_id=32001,
         image_kernel=(1, 3, 3), dtype="bfloat16",
         image_grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
     ),

@@ -1,0 +1,152 @@
+"""Checkpoints from local paths only: the kit's own format, LLaVA-NeXT(-Video) and CLIP.
+
+    model = load_pretrained("runs/x/model")                       # the kit's own
+    model = from_llava_next("llava-v1.6-vicuna-7b-hf", clip="clip-vit-large-patch14-336",
+                            pooling="prompt", num_frames=32)      # Hugging Face layouts
+
+Missing and unexpected keys are always reported; loading fails on them unless `strict=False`,
+in which case they are printed as a warning and kept on `model.load_report`.
+"""
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Dict, List, Optional, Union
+
+import torch
+from safetensors.torch import load_file, save_model
+from transformers import CONFIG_MAPPING, AutoConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.model.ppllava import PPLLaVA
+
+PathLike = Union[str, Path]
+WEIGHTS, CONFIG = "model.safetensors", "config.yaml"
+
+
+def _check_report(report: Dict[str, List[str]], source: str, strict: bool) -> None:
+    problems = {k: v for k, v in report.items() if v}
+    if not problems:
+        return
+    lines = [f"{k} ({len(v)}): {', '.join(v[:8])}{' ...' if len(v) > 8 else ''}" for k, v in problems.items()]
+    message = f"loading {source}: " + "; ".join(lines)
+    if strict:
+        raise ValueError(message + " (pass strict=False to load anyway)")
+    warnings.warn(message, stacklevel=3)
+
+
+def save_pretrained(model: PPLLaVA, directory: PathLike) -> Path:
+    """Write config.yaml, the towers' Hugging Face configs and model.safetensors to `directory`."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    model.config.to_yaml(directory / CONFIG)
+    for name in ("vision_config", "clip_text_config", "llm_config"):
+        (directory / f"{name}.json").write_text(getattr(model, name).to_json_string())
+    save_model(model, str(directory / WEIGHTS))
+    return directory
+
+
+def _hf_config(path: Path):
+    data = json.loads(path.read_text())
+    if data.get("model_type") not in CONFIG_MAPPING:
+        raise ValueError(f"{path}: unknown model_type {data.get('model_type')!r}")
+    return CONFIG_MAPPING[data["model_type"]].from_dict(data)
+
+
+def load_pretrained(directory: PathLike, *, strict: bool = True, **overrides) -> PPLLaVA:
+    """The kit's own checkpoint, as written by `save_pretrained`. `overrides` change config
+    fields that do not change the weights' shapes (pooling mode, temperature, ...)."""
+    directory = Path(directory)
+    for name in (CONFIG, WEIGHTS):
+        if not (directory / name).exists():
+            raise FileNotFoundError(f"{directory / name} is missing: not a ppllava checkpoint directory")
+    data = PPLLaVAConfig.from_yaml(directory / CONFIG).to_dict()
+    config = PPLLaVAConfig.from_dict({**data, **overrides})
+    model = PPLLaVA(config, vision_config_=_hf_config(directory / "vision_config.json"),
+                    clip_text_config_=_hf_config(directory / "clip_text_config.json"),
+                    llm_config_=_hf_config(directory / "llm_config.json"))
+    try:
+        state = load_file(str(directory / WEIGHTS))
+    except Exception as err:  # a file cut short on disk, or not safetensors at all
+        raise ValueError(f"{directory / WEIGHTS} cannot be read ({err}); the checkpoint may be incomplete") from err
+    result = model.load_state_dict(state, strict=False)
+    model.load_report = {"missing_keys": list(result.missing_keys), "unexpected_keys": list(result.unexpected_keys)}
+    _check_report(model.load_report, str(directory), strict)
+    return model
+
+
+def _config_from_towers(vision, text, llava_config, overrides) -> PPLLaVAConfig:
+    """A kit config describing loaded towers; `overrides` set the method's switches."""
+    fields = dict(
+        name="llava_next", image_size=vision.image_size, patch_size=vision.patch_size, vision_width=vision.hidden_size,
+        vision_layers=vision.num_hidden_layers, vision_heads=vision.num_attention_heads,
+        vision_feature_layer=llava_config.vision_feature_layer,
+        llm_family="qwen2" if text.model_type == "qwen2" else "llama", llm_hidden=text.hidden_size,
+        llm_layers=text.num_hidden_layers, llm_heads=text.num_attention_heads,
+        llm_kv_heads=text.num_key_value_heads or text.num_attention_heads, llm_intermediate=text.intermediate_size,
+        llm_vocab_size=text.vocab_size, llm_max_positions=text.max_position_embeddings,
+        image_token_id=llava_config.image_token_id,
+        image_grid_pinpoints=tuple(tuple(p) for p in llava_config.image_grid_pinpoints),
+    )
+    video_token = getattr(llava_config, "video_token_id", None)
+    fields["video_token_id"] = video_token if video_token is not None else fields["image_token_id"] + 1
+    for name in ("pad_token_id", "bos_token_id", "eos_token_id"):
+        value = getattr(text, name, None)
+        if isinstance(value, int):
+            fields[name] = value
+    return PPLLaVAConfig(**{**fields, **overrides})
+
+
+def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, strict: bool = True,
+                    dtype: Optional[torch.dtype] = None, **overrides) -> PPLLaVA:
+    """Build PPLLaVA from a local LLaVA-NeXT or LLaVA-NeXT-Video checkpoint directory (the layout
+    of `llava-v1.6-vicuna-7b-hf`) and, for the alignment, a local Hugging Face CLIP directory (the
+    layout of `clip-vit-large-patch14-336`). Without `clip` the CLIP text tower and projections
+    start untrained. `overrides` set config fields (pooling, num_frames, kernels, switches).
+
+    The vision tower, projector, newline and LLM are transformers' own modules, loaded by
+    transformers (all its checkpoint conversions apply) and used as they are.
+    """
+    llava = Path(llava)
+    if vision_strategy := getattr(AutoConfig.from_pretrained(llava), "vision_feature_select_strategy", "default"):
+        if vision_strategy != "default":
+            raise ValueError(f"{llava}: vision_feature_select_strategy {vision_strategy!r}; PPLLaVA drops CLS ('default')")
+    from transformers import AutoModelForImageTextToText
+
+    loaded, info = AutoModelForImageTextToText.from_pretrained(llava, output_loading_info=True, dtype=dtype)
+    _check_report({k: [str(x) for x in v] for k, v in info.items() if k != "error_msgs"}, str(llava), strict)
+    hf = loaded.config
+    llm = _causal_lm(loaded, hf.text_config)
+    parts = dict(vision_tower=loaded.model.vision_tower, projector=loaded.model.multi_modal_projector,
+                 image_newline=loaded.model.image_newline, language_model=llm)
+    clip_text_config = None
+    if clip is not None:
+        clip_model, clip_info = CLIPModel.from_pretrained(Path(clip), output_loading_info=True, dtype=dtype)
+        _check_report({k: [str(x) for x in v] for k, v in clip_info.items() if k != "error_msgs"}, str(clip), strict)
+        parts.update(clip_text=clip_model.text_model, text_projection=clip_model.text_projection,
+                     visual_projection=clip_model.visual_projection, logit_scale=clip_model.logit_scale)
+        clip_text_config = clip_model.config.text_config
+        overrides.setdefault("clip_vocab_size", clip_text_config.vocab_size)
+        overrides.setdefault("clip_embed_dim", clip_model.config.projection_dim)
+        overrides.setdefault("text_width", clip_text_config.hidden_size)
+        overrides.setdefault("text_layers", clip_text_config.num_hidden_layers)
+        overrides.setdefault("text_heads", clip_text_config.num_attention_heads)
+        overrides.setdefault("clip_context", clip_text_config.max_position_embeddings)
+    config = _config_from_towers(hf.vision_config, hf.text_config, hf, overrides)
+    vision = hf.vision_config if isinstance(hf.vision_config, CLIPVisionConfig) else CLIPVisionConfig(**hf.vision_config.to_dict())
+    model = PPLLaVA(config, vision_config_=vision, clip_text_config_=clip_text_config, llm_config_=hf.text_config,
+                    parts=parts)
+    model.load_report = info
+    return model.to(dtype) if dtype is not None else model
+
+
+def _causal_lm(loaded, text_config):
+    """transformers' causal-LM class for the LLaVA's language model, adopting its modules."""
+    from transformers import AutoModelForCausalLM
+
+    with torch.device("meta"):
+        lm = AutoModelForCausalLM.from_config(text_config)
+    lm.model = loaded.model.language_model
+    lm.lm_head = loaded.lm_head
+    return lm

@@ -1,0 +1,303 @@
+"""The PPLLaVA model: CLIP towers -> projector -> prompt-guided pooling -> causal LLM.
+
+    model = PPLLaVA(PPLLaVAConfig.from_name("tiny"))
+    out = model(input_ids, attention_mask, labels=labels, pixel_values_videos=video, clip_input_ids=prompt)
+    new_tokens = model.generate(input_ids, attention_mask, pixel_values_videos=video,
+                                clip_input_ids=prompt, max_new_tokens=16)
+
+Media placeholders in `input_ids` are already expanded, one `image_token_id` / `video_token_id`
+per visual token (`image_token_count` / `video_token_count` say how many); the model checks the
+counts. The module names follow LLaVA-NeXT (`vision_tower`, `projector` = its
+`multi_modal_projector`, `image_newline`, `language_model`), so its checkpoints load directly.
+Constructors never read files: see `ppllava.model.loading`.
+"""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import torch
+import torch.nn as nn
+from transformers import AutoModelForCausalLM, CLIPTextModel, CLIPVisionModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.model import anyres
+from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
+from ppllava.ops import extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d, prompt_relevance, window_geometry
+
+
+class Projector(nn.Module):
+    """LLaVA's two-layer MLP from the vision width to the LLM width."""
+
+    def __init__(self, vision_width: int, llm_width: int):
+        super().__init__()
+        self.linear_1 = nn.Linear(vision_width, llm_width)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(llm_width, llm_width)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., Dv) -> (..., D)
+        return self.linear_2(self.act(self.linear_1(x)))
+
+
+class PPLLaVA(nn.Module):
+    PARTS = ("vision_tower", "visual_projection", "clip_text", "text_projection", "logit_scale", "projector",
+             "image_newline", "language_model")
+
+    def __init__(self, config: PPLLaVAConfig, *, vision_config_=None, clip_text_config_=None, llm_config_=None,
+                 parts: Optional[Dict[str, nn.Module]] = None):
+        """Build the model from `config` (the towers' Hugging Face configs derived from it unless
+        given). `parts` hands in already-built modules by name (see `PARTS`), as the checkpoint
+        loaders do; whatever is not handed in is built fresh."""
+        super().__init__()
+        parts = dict(parts or {})
+        unknown = set(parts) - set(self.PARTS)
+        if unknown:
+            raise ValueError(f"unknown parts {sorted(unknown)}; parts are {self.PARTS}")
+        self.config = config
+        self.vision_config = vision_config_ or vision_config(config)
+        self.clip_text_config = copy.deepcopy(clip_text_config_ or clip_text_config(config))  # before extension
+        self.llm_config = llm_config_ or llm_config(config)
+        vision_width, text_width = self.vision_config.hidden_size, self.clip_text_config.hidden_size
+        embed_dim, llm_width = self.clip_text_config.projection_dim, self.llm_config.hidden_size
+
+        def part(name, build):
+            return parts[name] if name in parts else build()
+
+        self.vision_tower = part("vision_tower", lambda: CLIPVisionModel(self.vision_config))
+        self.visual_projection = part("visual_projection", lambda: nn.Linear(vision_width, embed_dim, bias=False))
+        self.clip_text = part("clip_text", lambda: CLIPTextModel(copy.deepcopy(self.clip_text_config)))
+        self.text_projection = part("text_projection", lambda: nn.Linear(text_width, embed_dim, bias=False))
+        self.logit_scale = part("logit_scale", lambda: nn.Parameter(torch.tensor(config.logit_scale_init)))
+        if config.extend_clip_context:
+            extend_clip_text_context(self.clip_text, config.clip_extended_context, config.clip_keep_positions,
+                                     config.extension_init)
+        self.clip_text.requires_grad_(config.clip_text_trainable)
+        self.projector = part("projector", lambda: Projector(vision_width, llm_width))
+        self.image_newline = part("image_newline", lambda: nn.Parameter(torch.randn(llm_width) / math.sqrt(llm_width)))
+        self.language_model = part("language_model", lambda: AutoModelForCausalLM.from_config(self.llm_config))
+
+    # --- sizes -------------------------------------------------------------------------------
+    @property
+    def patch_grid(self) -> int:
+        return self.vision_config.image_size // self.vision_config.patch_size
+
+    def video_geometry(self, num_frames: int) -> Tuple[int, int, int]:
+        """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling."""
+        cfg, g = self.config, self.patch_grid
+        grid = (num_frames, g, g)
+        try:
+            if cfg.pooling == "none":
+                return grid
+            if cfg.pooling == "temporal_mean":
+                return (1, g, g)
+            if cfg.pooling == "spatial":
+                return (num_frames, max(1, g // 2), max(1, g // 2))
+            if cfg.pooling == "adaptive":
+                return window_geometry(grid, output_size=cfg.video_output_size)[0]
+            kernel = None if cfg.video_output_size is not None else cfg.video_kernel
+            return window_geometry(grid, cfg.video_output_size, kernel, cfg.video_stride)[0]
+        except ValueError as err:
+            raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
+
+    def video_token_count(self, num_frames: int) -> int:
+        return math.prod(self.video_geometry(num_frames))
+
+    def _image_crop_grid(self) -> int:
+        g = self.patch_grid
+        if self.config.pooling == "none":
+            return g
+        return window_geometry((1, g, g), kernel=self.config.image_kernel)[0][1]
+
+    def image_crops(self, image_size) -> int:
+        """Crops of an image of (H, W) pixels in LLaVA-NeXT's any-resolution layout."""
+        return anyres.crop_count(image_size, self.config.image_grid_pinpoints, self.vision_config.image_size)
+
+    def image_token_count(self, image_size, num_crops: Optional[int] = None) -> int:
+        """Visual tokens of one image; `num_crops=1` is the single-crop layout (multi-image sets)."""
+        crops = self.image_crops(image_size) if num_crops is None else num_crops
+        return anyres.image_token_count(image_size, crops, self._image_crop_grid(),
+                                        self.config.image_grid_pinpoints, self.vision_config.image_size)
+
+    # --- CLIP alignment ------------------------------------------------------------------------
+    def encode_prompts(self, clip_input_ids: torch.Tensor) -> torch.Tensor:
+        """The prompts' CLIP text embeddings `c`, (B, L) -> (B, Dc)."""
+        context = self.clip_text.embeddings.position_embedding.weight.shape[0]
+        if clip_input_ids.shape[1] > context:
+            raise ValueError(f"clip_input_ids has {clip_input_ids.shape[1]} positions but the CLIP text context "
+                             f"holds {context}; tokenize with ppllava.ops.tokenize_clip_prompts, which truncates visibly")
+        words = (clip_input_ids != 0) & (clip_input_ids != CLIP_BOS) & (clip_input_ids != CLIP_EOS)
+        empty = (~words.any(1)).nonzero().flatten().tolist()
+        if empty:
+            raise ValueError(f"the CLIP prompt of sample(s) {empty} is empty: prompt-guided pooling needs a question")
+        return self.text_projection(self.clip_text(input_ids=clip_input_ids).pooler_output)
+
+    def _patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv)."""
+        if not torch.isfinite(pixels).all():
+            raise ValueError("pixel values contain NaN or Inf")
+        pixels = pixels.to(self.vision_tower.dtype)
+        hidden = self.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+        return hidden[self.config.vision_feature_layer][:, 1:]
+
+    def _patch_embeds(self, patches: torch.Tensor) -> torch.Tensor:
+        """Patch tokens into CLIP's joint space `e`: (..., Dv) -> (..., Dc)."""
+        return self.visual_projection(self.vision_tower.post_layernorm(patches))
+
+    def relevance_maps(self, pixel_values_videos: torch.Tensor, clip_input_ids: torch.Tensor):
+        """(r, s) of DESIGN.md §2 for each video and its prompt, each (n, T, g, g) float32: what the
+        alignment notebook draws, frame by frame."""
+        n, T = pixel_values_videos.shape[:2]
+        g = self.patch_grid
+        patches = self._patch_features(pixel_values_videos.flatten(0, 1))
+        e = self._patch_embeds(patches).view(n, T, g, g, -1)
+        return prompt_relevance(e, self.encode_prompts(clip_input_ids), self.logit_scale)
+
+    # --- visual tokens -------------------------------------------------------------------------
+    def _pool(self, x: torch.Tensor, grid, relevance: Optional[torch.Tensor], media: str) -> torch.Tensor:
+        cfg = self.config
+        if media == "image":  # crops on the T axis; every mode but 'none' pools each crop with the image kernel
+            if cfg.pooling == "none":
+                return x
+            weights = relevance if cfg.pooling == "prompt" else None
+            return prompt_guided_pool3d(x, weights, grid, kernel=cfg.image_kernel, temperature=cfg.pool_temperature,
+                                        weighting=cfg.weighting)[0]
+        geometry = {}
+        if cfg.pooling == "adaptive":
+            geometry = dict(output_size=cfg.video_output_size)
+        elif cfg.pooling == "prompt":
+            geometry = dict(output_size=cfg.video_output_size, stride=cfg.video_stride,
+                            kernel=None if cfg.video_output_size is not None else cfg.video_kernel)
+        return pool_visual_tokens(x, grid, cfg.pooling, relevance=relevance, temperature=cfg.pool_temperature,
+                                  weighting=cfg.weighting, **geometry)[0]
+
+    def _tokens(self, patches: torch.Tensor, grid, relevance, media: str) -> torch.Tensor:
+        """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector."""
+        if self.config.pool_position == "before_projector":
+            return self.projector(self._pool(patches, grid, relevance, media))
+        return self._pool(self.projector(patches), grid, relevance, media)
+
+    def video_tokens(self, pixel_values_videos: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None,
+                     relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
+        video, for 'prompt' pooling; or `relevance` (n, T, g, g) to pool by a given map (an oracle)."""
+        n, T = pixel_values_videos.shape[:2]
+        g = self.patch_grid
+        self.video_geometry(T)  # a clear error for too few frames before any compute
+        patches = self._patch_features(pixel_values_videos.flatten(0, 1)).reshape(n, T * g * g, -1)
+        if self.config.pooling == "prompt" and relevance is None:
+            if prompt_embeds is None:
+                raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
+            relevance = prompt_relevance(self._patch_embeds(patches).view(n, T, g, g, -1), prompt_embeds,
+                                         self.logit_scale)[1]
+        return self._tokens(patches, (T, g, g), relevance, "video")
+
+    def image_tokens(self, pixel_values: torch.Tensor, image_sizes, image_crops: Sequence[int],
+                     prompt_embeds: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
+        """Images in LLaVA-NeXT's layout, (n, max_crops, 3, S, S) -> a list of (tokens_i, D)."""
+        g = self.patch_grid
+        crops = torch.cat([p[:c] for p, c in zip(pixel_values, image_crops)])
+        patches = self._patch_features(crops)  # (sum crops, g*g, Dv)
+        out, start = [], 0
+        crop_grid = self._image_crop_grid()
+        for i, (size, c) in enumerate(zip(image_sizes, image_crops)):
+            x = patches[start : start + c].reshape(1, c * g * g, -1)
+            start += c
+            relevance = None
+            if self.config.pooling == "prompt":
+                if prompt_embeds is None:
+                    raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
+                relevance = prompt_relevance(self._patch_embeds(x).view(1, c, g, g, -1), prompt_embeds[i : i + 1],
+                                             self.logit_scale)[1]
+            tokens = self._tokens(x, (c, g, g), relevance, "image")[0]  # (c * crop_grid^2, D)
+            out.append(anyres.pack_image_tokens(tokens.view(c, crop_grid * crop_grid, -1), crop_grid, size,
+                                                self.config.image_grid_pinpoints, self.vision_config.image_size,
+                                                self.image_newline))
+        return out
+
+    # --- the LLM side --------------------------------------------------------------------------
+    @staticmethod
+    def _owners(mask: torch.Tensor, counts: List[int], what: str) -> List[int]:
+        """Which sample each media item belongs to, from where its tokens sit (row-major order)."""
+        found, needed = int(mask.sum()), sum(counts)
+        if found != needed:
+            raise ValueError(f"{what} tokens and features do not match, tokens: {found}, features: {needed}")
+        per_row = mask.sum(1).tolist()
+        owners, row, used = [], 0, 0
+        for i, count in enumerate(counts):
+            while used == per_row[row]:
+                row, used = row + 1, 0
+            if used + count > per_row[row]:
+                raise ValueError(f"{what} {i} needs {count} tokens but sample {row} has {per_row[row] - used} left")
+            owners.append(row)
+            used += count
+        return owners
+
+    def embed_inputs(self, input_ids: torch.Tensor, *, pixel_values: Optional[torch.Tensor] = None,
+                     image_sizes=None, image_crops: Optional[Sequence[int]] = None,
+                     pixel_values_videos: Optional[torch.Tensor] = None, clip_input_ids: Optional[torch.Tensor] = None,
+                     video_relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings with the visual tokens scattered into their placeholders: (B, L, D)."""
+        cfg = self.config
+        embeds = self.language_model.get_input_embeddings()(input_ids)
+        image_mask, video_mask = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
+        prompts = None
+        if cfg.pooling == "prompt" and clip_input_ids is not None and (pixel_values is not None or pixel_values_videos is not None):
+            prompts = self.encode_prompts(clip_input_ids)
+        if pixel_values is not None:
+            if image_sizes is None:
+                raise ValueError("pixel_values need image_sizes (H, W) per image")
+            crops = list(image_crops) if image_crops is not None else [self.image_crops(s) for s in image_sizes]
+            counts = [self.image_token_count(s, c) for s, c in zip(image_sizes, crops)]
+            owners = self._owners(image_mask, counts, "image")
+            tokens = self.image_tokens(pixel_values, image_sizes, crops, None if prompts is None else prompts[owners])
+            embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(tokens).to(embeds.dtype))
+        elif image_mask.any():
+            raise ValueError(f"input_ids hold {int(image_mask.sum())} image tokens but no pixel_values were given")
+        if pixel_values_videos is not None:
+            count = self.video_token_count(pixel_values_videos.shape[1])
+            owners = self._owners(video_mask, [count] * pixel_values_videos.shape[0], "video")
+            tokens = self.video_tokens(pixel_values_videos, None if prompts is None else prompts[owners], video_relevance)
+            embeds = embeds.masked_scatter(video_mask[..., None], tokens.to(embeds.dtype))
+        elif video_mask.any():
+            raise ValueError(f"input_ids hold {int(video_mask.sum())} video tokens but no pixel_values_videos were given")
+        return embeds
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
+                labels: Optional[torch.Tensor] = None, *, pixel_values=None, image_sizes=None, image_crops=None,
+                pixel_values_videos=None, clip_input_ids=None, video_relevance=None, **lm_kwargs) -> CausalLMOutputWithPast:
+        """Logits, and the next-token loss when `labels` are given (visual positions never count)."""
+        embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
+                                   pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
+                                   video_relevance=video_relevance)
+        if labels is not None:
+            visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
+            labels = labels.masked_fill(visual, -100)
+        return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, pixel_values=None,
+                 image_sizes=None, image_crops=None, pixel_values_videos=None, clip_input_ids=None,
+                 video_relevance=None, **generate_kwargs) -> torch.Tensor:
+        """New tokens only, (B, new): transformers' `generate` (KV cache, greedy or sampling, stopping
+        criteria) on the merged embeddings. Pad prompts on the left."""
+        embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
+                                   pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
+                                   video_relevance=video_relevance)
+        if attention_mask is None:
+            attention_mask = torch.ones_like(input_ids)
+        generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)
+        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+
+    def gradient_checkpointing_enable(self, **kwargs) -> None:
+        for module in (self.vision_tower, self.clip_text, self.language_model):
+            module.gradient_checkpointing_enable(**kwargs)
+
+    @property
+    def device(self) -> torch.device:
+        return self.logit_scale.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.language_model.dtype

@@ -1,0 +1,74 @@
+"""The model against transformers' LLaVA-NeXT on tiny checkpoints in the real formats."""
+import pytest
+import torch
+from transformers import LlavaNextForConditionalGeneration, LlavaNextVideoForConditionalGeneration
+
+from ppllava.model import from_llava_next
+from tests.tiny_checkpoints import IMAGE_TOKEN, VIDEO_TOKEN, clip_dir, llava_next_dir, llava_next_video_dir
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ckpt")
+    return dict(llava=llava_next_dir(root / "llava"), video=llava_next_video_dir(root / "video"), clip=clip_dir(root / "clip"))
+
+
+def prompt_with(tokens, count, before=(1, 5, 6), after=(7, 8, 9)):
+    return torch.tensor([[*before, *([tokens] * count), *after]])
+
+
+@pytest.mark.parametrize("image_size", [(64, 64), (50, 120), (128, 70)])
+def test_image_logits_equal_llava_next_with_no_pooling(checkpoints, image_size):
+    ours = from_llava_next(checkpoints["llava"], checkpoints["clip"], pooling="none").eval()
+    ref = LlavaNextForConditionalGeneration.from_pretrained(checkpoints["llava"]).eval()
+    crops = ours.image_crops(image_size)
+    pixels = torch.randn(1, crops, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    ids = prompt_with(IMAGE_TOKEN, ours.image_token_count(image_size))
+    sizes = torch.tensor([image_size])
+    with torch.no_grad():
+        expected = ref(input_ids=ids, pixel_values=pixels, image_sizes=sizes).logits
+        got = ours(ids, pixel_values=pixels, image_sizes=sizes).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_video_logits_equal_llava_next_video_with_spatial_pooling_before_the_projector(checkpoints):
+    ours = from_llava_next(checkpoints["video"], checkpoints["clip"], pooling="spatial",
+                           pool_position="before_projector", num_frames=4).eval()
+    ref = LlavaNextVideoForConditionalGeneration.from_pretrained(checkpoints["video"]).eval()
+    video = torch.randn(1, 4, 3, 64, 64, generator=torch.Generator().manual_seed(1))
+    ids = prompt_with(VIDEO_TOKEN, ours.video_token_count(4))
+    assert ours.video_token_count(4) == 4 * 2 * 2
+    with torch.no_grad():
+        expected = ref(input_ids=ids, pixel_values_videos=video).logits
+        got = ours(ids, pixel_values_videos=video).logits
+    torch.testing.assert_close(got, expected)
+
+
+def test_loading_reports_and_refuses_unexpected_keys(checkpoints, tmp_path):
+    import json
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    broken = tmp_path / "broken"
+    shutil.copytree(checkpoints["llava"], broken)
+    state = load_file(broken / "model.safetensors")
+    state["multi_modal_projector.linear_3.weight"] = torch.zeros(2, 2)
+    del state["image_newline"]
+    save_file(state, broken / "model.safetensors", metadata={"format": "pt"})
+    with pytest.raises(ValueError, match="missing_keys.*image_newline|unexpected_keys.*linear_3"):
+        from_llava_next(broken, pooling="none")
+    with pytest.warns(UserWarning, match="linear_3"):
+        model = from_llava_next(broken, pooling="none", strict=False)
+    assert any("linear_3" in k for k in model.load_report["unexpected_keys"])
+
+
+def test_clip_weights_are_the_checkpoints(checkpoints):
+    from transformers import CLIPModel
+
+    ours = from_llava_next(checkpoints["llava"], checkpoints["clip"], pooling="prompt")
+    clip = CLIPModel.from_pretrained(checkpoints["clip"])
+    torch.testing.assert_close(ours.text_projection.weight, clip.text_projection.weight)
+    assert ours.clip_text.embeddings.position_embedding.weight.shape[0] == 248
+    torch.testing.assert_close(ours.clip_text.embeddings.position_embedding.weight[:20],
+                               clip.text_model.embeddings.position_embedding.weight[:20])

@@ -11,15 +11,18 @@ model's token-major (B, N, D). Targets (issue #2): forward <= 1.0x avg_pool3d, f
 from __future__ import annotations
 
 import argparse
+import functools
 import json
-import multiprocessing as mp
-import statistics
-import time
+import sys
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from ppllava.ops import prompt_guided_pool3d
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import peak_extra_mib, time_ms  # noqa: E402
+
+from ppllava.ops import prompt_guided_pool3d  # noqa: E402
 
 KERNEL = (2, 3, 3)
 
@@ -70,60 +73,8 @@ def runners(shape, dtype, device, backward):
     return {k: with_backward(f) for k, f in ops.items()}
 
 
-def sync(device):
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def time_ms(fn, device, repeats):
-    fn()
-    sync(device)
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
-
-
-def _peak_child(args, queue):
-    shape, dtype, device, name = args
-    torch.set_grad_enabled(True)
-    fwd = runners(shape, dtype, device, backward=True)[name]
-    if device == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fwd()
-        torch.cuda.synchronize()
-        queue.put((torch.cuda.max_memory_allocated() - base) / 2**20)
-    else:
-        # Linux: writing 5 to clear_refs resets the high-water mark VmHWM to the current RSS.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _proc_status_kib("VmRSS")
-        fwd()
-        queue.put((_proc_status_kib("VmHWM") - base) / 1024)
-
-
-def _proc_status_kib(field):
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def peak_extra_mib(shape, dtype, device, name):
-    """Peak memory of one forward+backward beyond the inputs, in a fresh process (CPU: peak RSS)."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=((shape, dtype, device, name), queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value
+def _forward_backward(shape, dtype, device, name):
+    return runners(shape, dtype, device, backward=True)[name]
 
 
 def main():
@@ -146,7 +97,8 @@ def main():
             for name, fn in runners(shape, dtype, args.device, backward).items():
                 result["ms"][f"{name} {phase}"] = time_ms(fn, args.device, args.repeats)
     for name in ("avg_pool3d", "prompt_guided_pool3d", "unfold"):
-        result["peak_extra_mib"][name] = peak_extra_mib(shape, dtype, args.device, name)
+        setup = functools.partial(_forward_backward, shape, dtype, args.device, name)
+        result["peak_extra_mib"][name] = peak_extra_mib(setup, args.device)
     ms = result["ms"]
     input_mib = shape[0] * shape[1] * shape[2] * shape[3] * shape[4] * torch.finfo(dtype).bits / 8 / 2**20
     result["input_mib"] = input_mib

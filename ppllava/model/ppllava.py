@@ -292,7 +292,9 @@ class PPLLaVA(nn.Module):
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         for module in (self.vision_tower, self.clip_text, self.language_model):
-            module.gradient_checkpointing_enable(**kwargs)
+            # transformers 5 renamed it; older releases only have the first name.
+            enable = getattr(module, "activation_checkpointing_enable", None) or module.gradient_checkpointing_enable
+            enable(**kwargs)
 
     @property
     def device(self) -> torch.device:

@@ -59,7 +59,7 @@ def build(paper: bool, device: str):
         model.vision_tower.embeddings.register_buffer(
             "position_ids", torch.arange(577, device=device).expand((1, -1)), persistent=False)
         rotary = model.language_model.model.rotary_emb
-        model.language_model.model.rotary_emb = type(rotary)(config=model.llm_config, device=device)
+        model.language_model.model.rotary_emb = type(rotary)(config=model.llm_config).to(device)
     else:
         torch.manual_seed(0)
         model = PPLLaVA(config)

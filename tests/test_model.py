@@ -192,3 +192,12 @@ def test_paper_preset_on_the_meta_device():
     assert 6.6e9 < llm < 6.8e9 and 7.0e9 < params < 7.3e9
     assert model.video_token_count(32) == 1024 and model.patch_grid == 24
     assert model.image_token_count((336, 336), 1) == 64 + 1
+
+
+def test_prompt_encoding_ignores_trailing_padding():
+    """encode_prompts trims the 248-position padding; causal attention and EOS pooling make that exact."""
+    model = tiny()
+    ids = clip_ids("where is the red star", "a square")
+    trimmed = model.encode_prompts(ids)
+    full = model.text_projection(model.clip_text(input_ids=ids).pooler_output)
+    torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)

@@ -131,7 +131,10 @@ class PPLLaVA(nn.Module):
         empty = (~words.any(1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"the CLIP prompt of sample(s) {empty} is empty: prompt-guided pooling needs a question")
-        return self.text_projection(self.clip_text(input_ids=clip_input_ids).pooler_output)
+        # Attention is causal and the pooled output sits at EOS, so trailing padding changes nothing:
+        # encode only up to the longest prompt instead of the whole 248-position context.
+        length = int(((clip_input_ids != 0).long().cumsum(1) * (clip_input_ids != 0)).argmax(1).max()) + 1
+        return self.text_projection(self.clip_text(input_ids=clip_input_ids[:, :length]).pooler_output)
 
     def _patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
         """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv)."""

@@ -19,7 +19,6 @@ from ppllava.ops.clip_context import EXTENSION_INITS
 from ppllava.ops.pooling import POOLING_MODES, WEIGHTINGS
 
 CHOICES = {
-    "clip_backend": ("hf", "open_clip"),
     "llm_family": ("llama", "qwen2"),
     "pooling": POOLING_MODES,
     "weighting": WEIGHTINGS,
@@ -34,8 +33,7 @@ CHOICES = {
 class PPLLaVAConfig:
     name: str = "tiny"
 
-    # --- CLIP vision tower ---------------------------------------------------------------
-    clip_backend: str = "hf"  # "hf" (transformers CLIPModel) or "open_clip"
+    # --- CLIP vision tower (transformers' CLIP; open_clip checkpoints convert on load) ---------
     image_size: int = 64  # square frames, pixels
     patch_size: int = 16  # patch grid is image_size // patch_size per side
     vision_width: int = 64

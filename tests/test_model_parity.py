@@ -72,3 +72,33 @@ def test_clip_weights_are_the_checkpoints(checkpoints):
     assert ours.clip_text.embeddings.position_embedding.weight.shape[0] == 248
     torch.testing.assert_close(ours.clip_text.embeddings.position_embedding.weight[:20],
                                clip.text_model.embeddings.position_embedding.weight[:20])
+
+
+@pytest.mark.parametrize("quick_gelu,custom_text", [(True, False), (False, True)])
+def test_open_clip_file_converts_to_the_same_text_embeddings(checkpoints, tmp_path, quick_gelu, custom_text):
+    """An open_clip checkpoint file as the CLIP side: our prompt embeddings equal open_clip's own
+    encode_text on the same weights (CLIP and CustomTextCLIP layouts, both activations)."""
+    import open_clip
+    from open_clip.model import CLIP, CLIPTextCfg, CLIPVisionCfg, CustomTextCLIP
+
+    from ppllava.ops import tokenize_clip_prompts
+
+    torch.manual_seed(4)
+    config = {"embed_dim": 16, "quick_gelu": quick_gelu,
+              "vision_cfg": {"image_size": 64, "layers": 1, "width": 32, "patch_size": 16, "head_width": 16},
+              "text_cfg": {"context_length": 77, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 2}}
+    cls = CustomTextCLIP if custom_text else CLIP
+    reference = cls(embed_dim=16, vision_cfg=CLIPVisionCfg(**config["vision_cfg"]),
+                    text_cfg=CLIPTextCfg(**config["text_cfg"]), quick_gelu=quick_gelu).eval()
+    with torch.no_grad():  # non-trivial biases and norms, so a wrong mapping cannot pass
+        for p in reference.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    path = tmp_path / "open_clip.pt"
+    torch.save({"state_dict": {f"module.{k}": v for k, v in reference.state_dict().items()}}, path)
+    ours = from_llava_next(checkpoints["llava"], path, clip_model=config, pooling="prompt", extend_clip_context=False).eval()
+    ids = tokenize_clip_prompts(["what colour is the star", "where does the square move"],
+                                open_clip.get_tokenizer("ViT-B-32"), 77)
+    with torch.no_grad():
+        torch.testing.assert_close(ours.encode_prompts(ids), reference.encode_text(ids), rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(ours.logit_scale, reference.logit_scale)
+        torch.testing.assert_close(ours.visual_projection.weight, reference.visual.proj.T)

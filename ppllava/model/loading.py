@@ -19,6 +19,7 @@ from safetensors.torch import load_file, save_model
 from transformers import CONFIG_MAPPING, AutoConfig, CLIPModel, CLIPTextConfig, CLIPVisionConfig
 
 from ppllava.config import PPLLaVAConfig
+from ppllava.model.open_clip_weights import convert_text_tower, read_state_dict
 from ppllava.model.ppllava import PPLLaVA
 
 PathLike = Union[str, Path]
@@ -98,12 +99,14 @@ def _config_from_towers(vision, text, llava_config, overrides) -> PPLLaVAConfig:
     return PPLLaVAConfig(**{**fields, **overrides})
 
 
-def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, strict: bool = True,
+def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_model=None, strict: bool = True,
                     dtype: Optional[torch.dtype] = None, **overrides) -> PPLLaVA:
     """Build PPLLaVA from a local LLaVA-NeXT or LLaVA-NeXT-Video checkpoint directory (the layout
     of `llava-v1.6-vicuna-7b-hf`) and, for the alignment, a local Hugging Face CLIP directory (the
-    layout of `clip-vit-large-patch14-336`). Without `clip` the CLIP text tower and projections
-    start untrained. `overrides` set config fields (pooling, num_frames, kernels, switches).
+    layout of `clip-vit-large-patch14-336`) or an open_clip checkpoint file with its model config
+    name in `clip_model` (e.g. "ViT-L-14-336"; open_clip's weights convert exactly). Without
+    `clip` the CLIP text tower and projections start untrained. `overrides` set config fields
+    (pooling, num_frames, kernels, switches).
 
     The vision tower, projector, newline and LLM are transformers' own modules, loaded by
     transformers (all its checkpoint conversions apply) and used as they are.
@@ -121,7 +124,19 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, strict:
     parts = dict(vision_tower=loaded.model.vision_tower, projector=loaded.model.multi_modal_projector,
                  image_newline=loaded.model.image_newline, language_model=llm)
     clip_text_config = None
-    if clip is not None:
+    if clip is not None and Path(clip).is_file():  # an open_clip checkpoint file
+        if clip_model is None:
+            raise ValueError(f"{clip} is an open_clip file: name its model config with clip_model (e.g. 'ViT-L-14-336')")
+        clip_text_config, clip_parts, clip_report = convert_text_tower(read_state_dict(clip), clip_model)
+        _check_report(clip_report, str(clip), strict)
+        parts.update(clip_parts)
+        overrides.setdefault("clip_vocab_size", clip_text_config.vocab_size)
+        overrides.setdefault("clip_embed_dim", clip_text_config.projection_dim)
+        overrides.setdefault("text_width", clip_text_config.hidden_size)
+        overrides.setdefault("text_layers", clip_text_config.num_hidden_layers)
+        overrides.setdefault("text_heads", clip_text_config.num_attention_heads)
+        overrides.setdefault("clip_context", clip_text_config.max_position_embeddings)
+    elif clip is not None:
         clip_model, clip_info = CLIPModel.from_pretrained(Path(clip), output_loading_info=True, dtype=dtype)
         _check_report({k: [str(x) for x in v] for k, v in clip_info.items() if k != "error_msgs"}, str(clip), strict)
         parts.update(clip_text=clip_model.text_model, text_projection=clip_model.text_projection,

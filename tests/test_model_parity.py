@@ -69,6 +69,7 @@ def test_clip_weights_are_the_checkpoints(checkpoints):
     ours = from_llava_next(checkpoints["llava"], checkpoints["clip"], pooling="prompt")
     clip = CLIPModel.from_pretrained(checkpoints["clip"])
     torch.testing.assert_close(ours.text_projection.weight, clip.text_projection.weight)
+    torch.testing.assert_close(ours.visual_layernorm.weight, clip.vision_model.post_layernorm.weight)
     assert ours.clip_text.embeddings.position_embedding.weight.shape[0] == 248
     torch.testing.assert_close(ours.clip_text.embeddings.position_embedding.weight[:20],
                                clip.text_model.embeddings.position_embedding.weight[:20])
@@ -102,3 +103,26 @@ def test_open_clip_file_converts_to_the_same_text_embeddings(checkpoints, tmp_pa
         torch.testing.assert_close(ours.encode_prompts(ids), reference.encode_text(ids), rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(ours.logit_scale, reference.logit_scale)
         torch.testing.assert_close(ours.visual_projection.weight, reference.visual.proj.T)
+        torch.testing.assert_close(ours.visual_layernorm.weight, reference.visual.ln_post.weight)
+
+
+def test_released_ppllava_layout_brings_its_own_clip_side(checkpoints, tmp_path):
+    from transformers import CLIPModel
+
+    from ppllava.ops import tokenize_clip_prompts
+    from tests.tiny_checkpoints import released_ppllava_dir
+
+    import open_clip
+
+    released = released_ppllava_dir(tmp_path / "released", checkpoints["clip"])
+    # The CLIP directory gives the text tower its config (head count); the weights come from the checkpoint.
+    ours = from_llava_next(released, checkpoints["clip"], pooling="prompt", extend_clip_context=False).eval()
+    clip = CLIPModel.from_pretrained(tmp_path / "released_embedded_clip").eval()  # what the checkpoint holds
+    ids = tokenize_clip_prompts(["the red star", "a blue square moves left"], open_clip.get_tokenizer("ViT-B-32"), 77)
+    with torch.no_grad():
+        expected = clip.text_projection(clip.text_model(input_ids=ids).pooler_output)
+        torch.testing.assert_close(ours.encode_prompts(ids), expected)
+    torch.testing.assert_close(ours.visual_layernorm.weight, clip.vision_model.post_layernorm.weight)
+    # The LLaVA side is untouched by the extra keys.
+    plain = from_llava_next(checkpoints["llava"], pooling="none")
+    torch.testing.assert_close(ours.projector.linear_1.weight, plain.projector.linear_1.weight)

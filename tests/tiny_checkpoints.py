@@ -56,3 +56,28 @@ def clip_dir(path: Path) -> Path:
     )
     CLIPModel(config).save_pretrained(path)
     return path
+
+
+def released_ppllava_dir(path: Path, clip: Path) -> Path:
+    """A LLaVA-NeXT checkpoint with the released PPLLaVA's CLIP side inside its projector, in the
+    key layout of the released `LLaVACLIP3DMultiModalProjector` (clip_text_model, clip_text_projection,
+    clip_visual_projection, clip_visual_ln, logit_scale)."""
+    from safetensors.torch import load_file, save_file
+
+    llava_next_dir(path)
+    state = load_file(path / "model.safetensors")
+    clip_model = CLIPModel.from_pretrained(clip)
+    torch.manual_seed(5)
+    with torch.no_grad():  # post-pretrained: different from the CLIP directory's weights
+        for p in clip_model.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+    clip_model.save_pretrained(path.parent / f"{path.name}_embedded_clip")
+    for key, value in clip_model.text_model.state_dict().items():
+        state[f"multi_modal_projector.clip_text_model.{key}"] = value
+    state["multi_modal_projector.clip_text_projection.weight"] = clip_model.text_projection.weight
+    state["multi_modal_projector.clip_visual_projection.weight"] = clip_model.visual_projection.weight
+    for name in ("weight", "bias"):
+        state[f"multi_modal_projector.clip_visual_ln.{name}"] = getattr(clip_model.vision_model.post_layernorm, name)
+    state["multi_modal_projector.logit_scale"] = clip_model.logit_scale
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, path / "model.safetensors", metadata={"format": "pt"})
+    return path

@@ -77,6 +77,16 @@ def load_pretrained(directory: PathLike, *, strict: bool = True, **overrides) ->
     return model
 
 
+def _clip_overrides(overrides: dict, text, set_context: bool) -> None:
+    """Describe a loaded CLIP text tower in the kit config (unless the caller said otherwise)."""
+    for field, value in (("clip_vocab_size", text.vocab_size), ("clip_embed_dim", text.projection_dim),
+                         ("text_width", text.hidden_size), ("text_layers", text.num_hidden_layers),
+                         ("text_heads", text.num_attention_heads)):
+        overrides.setdefault(field, value)
+    if set_context:
+        overrides.setdefault("clip_context", text.max_position_embeddings)
+
+
 def _config_from_towers(vision, text, llava_config, overrides) -> PPLLaVAConfig:
     """A kit config describing loaded towers; `overrides` set the method's switches."""
     fields = dict(
@@ -118,42 +128,104 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_mo
     from transformers import AutoModelForImageTextToText
 
     loaded, info = AutoModelForImageTextToText.from_pretrained(llava, output_loading_info=True, dtype=dtype)
-    _check_report({k: [str(x) for x in v] for k, v in info.items() if k != "error_msgs"}, str(llava), strict)
+    released = _released_clip_tensors(llava)
+    info = {k: [str(x) for x in v if not (k == "unexpected_keys" and _is_released_clip_key(str(x)))]
+            for k, v in info.items() if k != "error_msgs"}
+    _check_report(info, str(llava), strict)
     hf = loaded.config
     llm = _causal_lm(loaded, hf.text_config)
     parts = dict(vision_tower=loaded.model.vision_tower, projector=loaded.model.multi_modal_projector,
                  image_newline=loaded.model.image_newline, language_model=llm)
     clip_text_config = None
-    if clip is not None and Path(clip).is_file():  # an open_clip checkpoint file
+    if released:  # a released PPLLaVA checkpoint: its CLIP side travels inside the projector
+        if clip is not None and Path(clip).is_file():
+            raise ValueError(f"{llava} holds its own CLIP weights; pass a Hugging Face CLIP directory (for its config) or none")
+        given = CLIPModel.config_class.from_pretrained(Path(clip)).text_config if clip is not None else None
+        clip_text_config, clip_parts, clip_report = _released_clip_parts(released, given)
+        _check_report(clip_report, f"{llava} (CLIP side)", strict)
+        parts.update(clip_parts)
+    elif clip is not None and Path(clip).is_file():  # an open_clip checkpoint file
         if clip_model is None:
             raise ValueError(f"{clip} is an open_clip file: name its model config with clip_model (e.g. 'ViT-L-14-336')")
         clip_text_config, clip_parts, clip_report = convert_text_tower(read_state_dict(clip), clip_model)
         _check_report(clip_report, str(clip), strict)
         parts.update(clip_parts)
-        overrides.setdefault("clip_vocab_size", clip_text_config.vocab_size)
-        overrides.setdefault("clip_embed_dim", clip_text_config.projection_dim)
-        overrides.setdefault("text_width", clip_text_config.hidden_size)
-        overrides.setdefault("text_layers", clip_text_config.num_hidden_layers)
-        overrides.setdefault("text_heads", clip_text_config.num_attention_heads)
-        overrides.setdefault("clip_context", clip_text_config.max_position_embeddings)
     elif clip is not None:
-        clip_model, clip_info = CLIPModel.from_pretrained(Path(clip), output_loading_info=True, dtype=dtype)
+        hf_clip, clip_info = CLIPModel.from_pretrained(Path(clip), output_loading_info=True, dtype=dtype)
         _check_report({k: [str(x) for x in v] for k, v in clip_info.items() if k != "error_msgs"}, str(clip), strict)
-        parts.update(clip_text=clip_model.text_model, text_projection=clip_model.text_projection,
-                     visual_projection=clip_model.visual_projection, logit_scale=clip_model.logit_scale)
-        clip_text_config = clip_model.config.text_config
-        overrides.setdefault("clip_vocab_size", clip_text_config.vocab_size)
-        overrides.setdefault("clip_embed_dim", clip_model.config.projection_dim)
-        overrides.setdefault("text_width", clip_text_config.hidden_size)
-        overrides.setdefault("text_layers", clip_text_config.num_hidden_layers)
-        overrides.setdefault("text_heads", clip_text_config.num_attention_heads)
-        overrides.setdefault("clip_context", clip_text_config.max_position_embeddings)
+        parts.update(clip_text=hf_clip.text_model, text_projection=hf_clip.text_projection,
+                     visual_layernorm=hf_clip.vision_model.post_layernorm,
+                     visual_projection=hf_clip.visual_projection, logit_scale=hf_clip.logit_scale)
+        clip_text_config = hf_clip.config.text_config
+        clip_text_config.projection_dim = hf_clip.config.projection_dim  # CLIPModel keeps the true one on top
+    if clip_text_config is not None:
+        _clip_overrides(overrides, clip_text_config, set_context=not released)
     config = _config_from_towers(hf.vision_config, hf.text_config, hf, overrides)
     vision = hf.vision_config if isinstance(hf.vision_config, CLIPVisionConfig) else CLIPVisionConfig(**hf.vision_config.to_dict())
     model = PPLLaVA(config, vision_config_=vision, clip_text_config_=clip_text_config, llm_config_=hf.text_config,
                     parts=parts)
     model.load_report = info
     return model.to(dtype) if dtype is not None else model
+
+
+RELEASED_CLIP = "multi_modal_projector."  # where the released PPLLaVA checkpoints keep their CLIP side
+RELEASED_CLIP_NAMES = ("clip_text_model.", "clip_text_projection.", "clip_visual_projection.", "clip_visual_ln.",
+                       "logit_scale")
+
+
+def _is_released_clip_key(key: str) -> bool:
+    """True for the released CLIP side's keys, with or without transformers' "model." prefix."""
+    head, sep, name = key.partition(RELEASED_CLIP)
+    return bool(sep) and head in ("", "model.") and name.startswith(RELEASED_CLIP_NAMES)
+
+
+def _released_clip_tensors(directory: Path) -> Dict[str, torch.Tensor]:
+    """The CLIP side stored inside a released PPLLaVA checkpoint's projector (its
+    `LLaVACLIP3DMultiModalProjector`: clip_text_model, clip_text_projection, clip_visual_projection,
+    clip_visual_ln, logit_scale), keyed without the projector prefix; empty for plain LLaVA-NeXT."""
+    from safetensors import safe_open
+
+    out = {}
+    for path in sorted(directory.glob("*.safetensors")):
+        with safe_open(str(path), framework="pt") as f:
+            for key in f.keys():
+                name = key[len(RELEASED_CLIP):] if key.startswith(RELEASED_CLIP) else None
+                if name is not None and name.startswith(RELEASED_CLIP_NAMES):
+                    out[name] = f.get_tensor(key)
+    return out
+
+
+def _released_clip_parts(tensors: Dict[str, torch.Tensor], clip_text_config: Optional[CLIPTextConfig]):
+    """Parts for `PPLLaVA(parts=...)` from a released checkpoint's CLIP tensors. Without a CLIP config
+    the text tower's shape is read off the weights, with CLIP's 64-wide attention heads."""
+    import torch.nn as nn
+    from transformers import CLIPTextModel
+
+    text = {k[len("clip_text_model."):]: v for k, v in tensors.items() if k.startswith("clip_text_model.")}
+    vocab, width = text["embeddings.token_embedding.weight"].shape
+    layers = len({k.split(".")[2] for k in text if k.startswith("encoder.layers.")})
+    embed_dim = tensors["clip_text_projection.weight"].shape[0]
+    config = clip_text_config or CLIPTextConfig(
+        vocab_size=vocab, hidden_size=width, num_hidden_layers=layers, num_attention_heads=max(1, width // 64),
+        intermediate_size=text["encoder.layers.0.mlp.fc1.weight"].shape[0], projection_dim=embed_dim,
+        max_position_embeddings=text["embeddings.position_embedding.weight"].shape[0],
+        bos_token_id=49406, eos_token_id=49407, pad_token_id=0)
+    config.max_position_embeddings = text["embeddings.position_embedding.weight"].shape[0]
+    config.projection_dim = embed_dim
+    clip_text = CLIPTextModel(config)
+    result = clip_text.load_state_dict(text, strict=False)
+    vision_width = tensors["clip_visual_projection.weight"].shape[1]
+    visual_projection = nn.Linear(vision_width, embed_dim, bias=False)
+    visual_projection.weight.data.copy_(tensors["clip_visual_projection.weight"])
+    text_projection = nn.Linear(width, embed_dim, bias=False)
+    text_projection.weight.data.copy_(tensors["clip_text_projection.weight"])
+    layernorm = nn.LayerNorm(vision_width)
+    layernorm.load_state_dict({"weight": tensors["clip_visual_ln.weight"], "bias": tensors["clip_visual_ln.bias"]})
+    parts = dict(clip_text=clip_text, text_projection=text_projection, visual_projection=visual_projection,
+                 visual_layernorm=layernorm, logit_scale=nn.Parameter(tensors["logit_scale"].clone().reshape(())))
+    report = {"missing_keys": [f"clip_text_model.{k}" for k in result.missing_keys],
+              "unexpected_keys": [f"clip_text_model.{k}" for k in result.unexpected_keys]}
+    return config, parts, report
 
 
 def _causal_lm(loaded, text_config):

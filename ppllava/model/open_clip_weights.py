@@ -54,8 +54,8 @@ def convert_text_tower(state: Dict[str, torch.Tensor], model: Union[str, dict], 
         quick_gelu: the activation; defaults to the config's "quick_gelu" (OpenAI's weights use it).
 
     Returns:
-        (text config, parts for `PPLLaVA(parts=...)`: clip_text, text_projection, logit_scale and,
-        when the file has one, visual_projection; a report of missing and unexpected keys).
+        (text config, parts for `PPLLaVA(parts=...)`: clip_text, text_projection, logit_scale, and the
+        visual side's ln_post and projection; a report of missing and unexpected keys).
     """
     config = _model_config(model)
     text = config["text_cfg"]
@@ -101,6 +101,12 @@ def convert_text_tower(state: Dict[str, torch.Tensor], model: Union[str, dict], 
         text_projection.weight.data.copy_(take("text_projection").T)
     parts = {"clip_text": clip_text, "text_projection": text_projection,
              "logit_scale": nn.Parameter(state["logit_scale"].clone().reshape(()))}
+    if "visual.ln_post.weight" in state:
+        layernorm = nn.LayerNorm(state["visual.ln_post.weight"].shape[0])
+        layernorm.load_state_dict({"weight": state["visual.ln_post.weight"], "bias": state["visual.ln_post.bias"]})
+        parts["visual_layernorm"] = layernorm
+    else:
+        report["missing_keys"].append("visual.ln_post")
     if "visual.proj" in state:
         visual_projection = nn.Linear(state["visual.proj"].shape[0], embed_dim, bias=False)
         visual_projection.weight.data.copy_(state["visual.proj"].T)

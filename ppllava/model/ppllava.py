@@ -42,8 +42,8 @@ class Projector(nn.Module):
 
 
 class PPLLaVA(nn.Module):
-    PARTS = ("vision_tower", "visual_projection", "clip_text", "text_projection", "logit_scale", "projector",
-             "image_newline", "language_model")
+    PARTS = ("vision_tower", "visual_layernorm", "visual_projection", "clip_text", "text_projection", "logit_scale",
+             "projector", "image_newline", "language_model")
 
     def __init__(self, config: PPLLaVAConfig, *, vision_config_=None, clip_text_config_=None, llm_config_=None,
                  parts: Optional[Dict[str, nn.Module]] = None):
@@ -66,6 +66,9 @@ class PPLLaVA(nn.Module):
             return parts[name] if name in parts else build()
 
         self.vision_tower = part("vision_tower", lambda: CLIPVisionModel(self.vision_config))
+        # The alignment's own copy of CLIP's post-layernorm (the released code keeps CLIP's, apart from a
+        # vision tower that LLaVA training may have changed); a fresh model starts from the tower's.
+        self.visual_layernorm = part("visual_layernorm", lambda: copy.deepcopy(self.vision_tower.post_layernorm))
         self.visual_projection = part("visual_projection", lambda: nn.Linear(vision_width, embed_dim, bias=False))
         self.clip_text = part("clip_text", lambda: CLIPTextModel(copy.deepcopy(self.clip_text_config)))
         self.text_projection = part("text_projection", lambda: nn.Linear(text_width, embed_dim, bias=False))
@@ -146,7 +149,7 @@ class PPLLaVA(nn.Module):
 
     def _patch_embeds(self, patches: torch.Tensor) -> torch.Tensor:
         """Patch tokens into CLIP's joint space `e`: (..., Dv) -> (..., Dc)."""
-        return self.visual_projection(self.vision_tower.post_layernorm(patches))
+        return self.visual_projection(self.visual_layernorm(patches))
 
     def relevance_maps(self, pixel_values_videos: torch.Tensor, clip_input_ids: torch.Tensor):
         """(r, s) of DESIGN.md §2 for each video and its prompt, each (n, T, g, g) float32: what the

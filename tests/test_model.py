@@ -201,3 +201,47 @@ def test_prompt_encoding_ignores_trailing_padding():
     trimmed = model.encode_prompts(ids)
     full = model.text_projection(model.clip_text(input_ids=ids).pooler_output)
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
+
+
+def test_placeholders_expand_to_the_counts_the_forward_checks():
+    model = tiny()
+    cfg = model.config
+    text = [1, 10, cfg.image_token_id, 11, cfg.video_token_id, 12, cfg.image_token_id]
+    ids = model.expand_placeholders(text, image_sizes=[(50, 120), (64, 64)], image_crops=[None, 1], video_frames=[8])
+    assert ids.count(cfg.image_token_id) == model.image_token_count((50, 120)) + model.image_token_count((64, 64), 1)
+    assert ids.count(cfg.video_token_id) == model.video_token_count(8)
+    crops = model.image_crops((50, 120))
+    pixels = torch.randn(2, crops, 3, 64, 64)
+    with torch.no_grad():
+        out = model(torch.tensor([ids]), pixel_values=pixels, image_sizes=[(50, 120), (64, 64)], image_crops=[crops, 1],
+                    pixel_values_videos=video(), clip_input_ids=clip_ids("where is the star"))
+    assert out.logits.shape[1] == len(ids)
+    with pytest.raises(ValueError, match="2 <image> placeholders in the text but 1 images given"):
+        model.expand_placeholders(text, image_sizes=[(64, 64)], video_frames=[8])
+
+
+def test_bf16_and_sdpa():
+    model = tiny().to(torch.bfloat16)
+    assert model.language_model.config._attn_implementation == "sdpa"
+    n = model.video_token_count(8)
+    ids = torch.tensor([with_media(model.config.video_token_id, n)])
+    with torch.no_grad():
+        out = model(ids, labels=ids, pixel_values_videos=video(), clip_input_ids=clip_ids("the red star"))
+    assert out.logits.dtype == torch.bfloat16 and torch.isfinite(out.loss)
+
+
+def test_methods_save_and_load(tmp_path):
+    model = tiny()
+    model.save_pretrained(tmp_path / "m")
+    again = PPLLaVA.from_pretrained(tmp_path / "m", pooling="adaptive", video_output_size=(1, 2, 2))
+    assert again.config.pooling == "adaptive" and again.video_token_count(8) == 4
+
+
+def test_describe_counts_the_paper_model_without_weights():
+    from ppllava.describe import describe
+
+    info = describe(PPLLaVAConfig.from_name("paper"))
+    assert info["visual_tokens"]["video, 32 frames"] == 1024
+    assert info["visual_tokens"]["video, 32 frames, no pooling"] == 18432
+    assert 6.6e9 < info["parameters"]["language_model"] < 6.8e9
+    assert info["parameters"]["total"] == sum(v for k, v in info["parameters"].items() if k != "total")

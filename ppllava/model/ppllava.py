@@ -123,6 +123,40 @@ class PPLLaVA(nn.Module):
         return anyres.image_token_count(image_size, crops, self._image_crop_grid(),
                                         self.config.image_grid_pinpoints, self.vision_config.image_size)
 
+    def expand_placeholders(self, ids: Sequence[int], *, image_sizes: Sequence = (),
+                            image_crops: Optional[Sequence[int]] = None, video_frames: Sequence[int] = ()) -> List[int]:
+        """Token ids with each single `<image>` / `<video>` placeholder id replaced by as many ids as
+        its media item has visual tokens (images and videos each in order of appearance)."""
+        cfg = self.config
+        ids = list(ids)
+        for token, what, given in ((cfg.image_token_id, "<image>", len(image_sizes)), (cfg.video_token_id, "<video>", len(video_frames))):
+            if ids.count(token) != given:
+                raise ValueError(f"{ids.count(token)} {what} placeholders in the text but {given} {what[1:-1]}s given")
+        crops = list(image_crops) if image_crops is not None else [None] * len(image_sizes)
+        images = iter([self.image_token_count(size, c) for size, c in zip(image_sizes, crops)])
+        videos = iter([self.video_token_count(t) for t in video_frames])
+        out = []
+        for token in ids:
+            if token == cfg.image_token_id:
+                out += [token] * next(images)
+            elif token == cfg.video_token_id:
+                out += [token] * next(videos)
+            else:
+                out.append(token)
+        return out
+
+    # --- checkpoints (local paths only; see ppllava.model.loading) -----------------------------
+    def save_pretrained(self, directory) -> None:
+        from ppllava.model.loading import save_pretrained
+
+        save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, directory, **kwargs) -> "PPLLaVA":
+        from ppllava.model.loading import load_pretrained
+
+        return load_pretrained(directory, **kwargs)
+
     # --- CLIP alignment ------------------------------------------------------------------------
     def encode_prompts(self, clip_input_ids: torch.Tensor) -> torch.Tensor:
         """The prompts' CLIP text embeddings `c`, (B, L) -> (B, Dc)."""

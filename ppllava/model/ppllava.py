@@ -25,7 +25,8 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 from ppllava.config import PPLLaVAConfig
 from ppllava.model import anyres
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
-from ppllava.ops import extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d, prompt_relevance, window_geometry
+from ppllava.model.token_layout import TokenLayout
+from ppllava.ops import extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d, prompt_relevance
 
 
 class Projector(nn.Module):
@@ -81,69 +82,29 @@ class PPLLaVA(nn.Module):
         self.image_newline = part("image_newline", lambda: nn.Parameter(torch.randn(llm_width) / math.sqrt(llm_width)))
         self.language_model = part("language_model", lambda: AutoModelForCausalLM.from_config(self.llm_config))
 
-    # --- sizes -------------------------------------------------------------------------------
+    # --- sizes (see TokenLayout) ---------------------------------------------------------------
+    @property
+    def layout(self) -> TokenLayout:
+        return TokenLayout(self.config)  # cheap; follows config changes (e.g. a switched pooling mode)
+
     @property
     def patch_grid(self) -> int:
         return self.vision_config.image_size // self.vision_config.patch_size
 
     def video_geometry(self, num_frames: int) -> Tuple[int, int, int]:
-        """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling."""
-        cfg, g = self.config, self.patch_grid
-        grid = (num_frames, g, g)
-        try:
-            if cfg.pooling == "none":
-                return grid
-            if cfg.pooling == "temporal_mean":
-                return (1, g, g)
-            if cfg.pooling == "spatial":
-                return (num_frames, max(1, g // 2), max(1, g // 2))
-            if cfg.pooling == "adaptive":
-                return window_geometry(grid, output_size=cfg.video_output_size)[0]
-            kernel = None if cfg.video_output_size is not None else cfg.video_kernel
-            return window_geometry(grid, cfg.video_output_size, kernel, cfg.video_stride)[0]
-        except ValueError as err:
-            raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
+        return self.layout.video_geometry(num_frames)
 
     def video_token_count(self, num_frames: int) -> int:
-        return math.prod(self.video_geometry(num_frames))
-
-    def _image_crop_grid(self) -> int:
-        g = self.patch_grid
-        if self.config.pooling == "none":
-            return g
-        return window_geometry((1, g, g), kernel=self.config.image_kernel)[0][1]
+        return self.layout.video_token_count(num_frames)
 
     def image_crops(self, image_size) -> int:
-        """Crops of an image of (H, W) pixels in LLaVA-NeXT's any-resolution layout."""
-        return anyres.crop_count(image_size, self.config.image_grid_pinpoints, self.vision_config.image_size)
+        return self.layout.image_crops(image_size)
 
     def image_token_count(self, image_size, num_crops: Optional[int] = None) -> int:
-        """Visual tokens of one image; `num_crops=1` is the single-crop layout (multi-image sets)."""
-        crops = self.image_crops(image_size) if num_crops is None else num_crops
-        return anyres.image_token_count(image_size, crops, self._image_crop_grid(),
-                                        self.config.image_grid_pinpoints, self.vision_config.image_size)
+        return self.layout.image_token_count(image_size, num_crops)
 
-    def expand_placeholders(self, ids: Sequence[int], *, image_sizes: Sequence = (),
-                            image_crops: Optional[Sequence[int]] = None, video_frames: Sequence[int] = ()) -> List[int]:
-        """Token ids with each single `<image>` / `<video>` placeholder id replaced by as many ids as
-        its media item has visual tokens (images and videos each in order of appearance)."""
-        cfg = self.config
-        ids = list(ids)
-        for token, what, given in ((cfg.image_token_id, "<image>", len(image_sizes)), (cfg.video_token_id, "<video>", len(video_frames))):
-            if ids.count(token) != given:
-                raise ValueError(f"{ids.count(token)} {what} placeholders in the text but {given} {what[1:-1]}s given")
-        crops = list(image_crops) if image_crops is not None else [None] * len(image_sizes)
-        images = iter([self.image_token_count(size, c) for size, c in zip(image_sizes, crops)])
-        videos = iter([self.video_token_count(t) for t in video_frames])
-        out = []
-        for token in ids:
-            if token == cfg.image_token_id:
-                out += [token] * next(images)
-            elif token == cfg.video_token_id:
-                out += [token] * next(videos)
-            else:
-                out.append(token)
-        return out
+    def expand_placeholders(self, ids: Sequence[int], **media) -> List[int]:
+        return self.layout.expand_placeholders(ids, **media)
 
     # --- checkpoints (local paths only; see ppllava.model.loading) -----------------------------
     def save_pretrained(self, directory) -> None:
@@ -240,7 +201,7 @@ class PPLLaVA(nn.Module):
         crops = torch.cat([p[:c] for p, c in zip(pixel_values, image_crops)])
         patches = self._patch_features(crops)  # (sum crops, g*g, Dv)
         out, start = [], 0
-        crop_grid = self._image_crop_grid()
+        crop_grid = self.layout.image_crop_grid()
         for i, (size, c) in enumerate(zip(image_sizes, image_crops)):
             x = patches[start : start + c].reshape(1, c * g * g, -1)
             start += c

@@ -1,0 +1,102 @@
+"""Questions about a scene, with their answers and a plausible hallucination for DPO.
+
+Every text is built from the templates below, so the world's vocabulary is closed and known
+(`vocabulary()`), which the word-level tokenizer is built from.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+import numpy as np
+
+from ppllava.data.scenes import COLOURS, DIRECTIONS, SHAPES, Scene
+
+NUMBERS = ("zero", "one", "two", "three", "four", "five")
+LETTERS = ("A", "B", "C", "D")
+VIDEO_TASKS = ("caption", "colour", "shape", "mc", "count", "direction", "order")
+IMAGE_TASKS = ("caption", "colour", "shape", "mc", "count")
+TEMPLATES = (
+    "describe the video .", "describe the image .", "what colour is the {shape} ?", "what shape is the {colour} object ?",
+    "what colour is the {shape} ? options : A {colour} B {colour} C {colour} D {colour}",
+    "how many objects are there ?", "which way does the {colour} {shape} move ?",
+    "which appears first , the {colour} {shape} or the {colour} {shape} ?", "the {colour} {shape}",
+    "a {colour} {shape} moves {direction}", "a {colour} {shape} stays still", "a {colour} {shape} appears later", "and",
+    "which image shows the {colour} {shape} ? image {number}",
+)
+
+
+@dataclass
+class Question:
+    task: str
+    question: str
+    answer: str
+    hallucination: str  # a plausible wrong answer (wrong colour, shape, count, direction, ...)
+    target: Optional[int] = None  # index of the object asked about
+    options: Optional[List[str]] = None
+
+
+def vocabulary() -> List[str]:
+    """Every word the world's texts can contain."""
+    words = set(NUMBERS) | set(LETTERS) | set(COLOURS) | set(SHAPES) | set(DIRECTIONS)
+    for template in TEMPLATES:
+        words |= {w for w in template.split() if not w.startswith("{")}
+    return sorted(words)
+
+
+def _other(rng: np.random.Generator, choices: Sequence[str], exclude: str) -> str:
+    rest = [c for c in choices if c != exclude]
+    return rest[int(rng.integers(len(rest)))]
+
+
+def _describe(obj, media: str) -> str:
+    if media == "image" or obj.direction is None:
+        return f"a {obj.name}" + (" appears later" if media == "video" and obj.appear > 0 else " stays still" if media == "video" else "")
+    return f"a {obj.name} moves {obj.direction}"
+
+
+def ask(rng: np.random.Generator, scene: Scene, task: str, media: str = "video", target: Optional[int] = None) -> Question:
+    """A question of `task` about `scene` ("video" or "image"). Raises ValueError when the scene
+    cannot support the task (e.g. direction with nothing moving), so callers pick another."""
+    objects = scene.objects
+    k = int(rng.integers(len(objects))) if target is None else target
+    obj = objects[k]
+    if task == "caption":
+        answer = " and ".join(_describe(o, media) for o in objects)
+        wrong = _other(rng, list(COLOURS), obj.colour)
+        return Question(task, f"describe the {media} .", answer, answer.replace(obj.colour, wrong, 1), None)
+    if task == "colour":
+        return Question(task, f"what colour is the {obj.shape} ?", obj.colour, _other(rng, list(COLOURS), obj.colour), k)
+    if task == "shape":
+        return Question(task, f"what shape is the {obj.colour} object ?", obj.shape, _other(rng, SHAPES, obj.shape), k)
+    if task == "mc":
+        distractors = [c for c in COLOURS if c != obj.colour]
+        options = [obj.colour] + [distractors[i] for i in rng.permutation(len(distractors))[:3]]
+        options = [options[i] for i in rng.permutation(4)]
+        letter = LETTERS[options.index(obj.colour)]
+        listed = " ".join(f"{l} {o}" for l, o in zip(LETTERS, options))
+        return Question(task, f"what colour is the {obj.shape} ? options : {listed}", letter,
+                        _other(rng, LETTERS, letter), k, options)
+    if task == "count":
+        n = len(objects)
+        return Question(task, "how many objects are there ?", NUMBERS[n], _other(rng, NUMBERS[1:5], NUMBERS[n]), None)
+    if task == "direction":
+        movers = [i for i, o in enumerate(objects) if o.direction is not None]
+        if target is None and movers:
+            k = movers[int(rng.integers(len(movers)))]
+        obj = objects[k]
+        if obj.direction is None:
+            raise ValueError("direction: the object does not move")
+        return Question(task, f"which way does the {obj.name} move ?", obj.direction,
+                        _other(rng, list(DIRECTIONS), obj.direction), k)
+    if task == "order":
+        late = [i for i, o in enumerate(objects) if o.appear > 0]
+        early = [i for i, o in enumerate(objects) if o.appear == 0]
+        if not late or not early:
+            raise ValueError("order: every object appears at the same time")
+        first, second = early[int(rng.integers(len(early)))], late[int(rng.integers(len(late)))]
+        pair = [first, second] if rng.random() < 0.5 else [second, first]
+        a, b = objects[pair[0]], objects[pair[1]]
+        return Question(task, f"which appears first , the {a.name} or the {b.name} ?", f"the {objects[first].name}",
+                        f"the {objects[second].name}", first)
+    raise ValueError(f"unknown task {task!r}; tasks are {VIDEO_TASKS}")

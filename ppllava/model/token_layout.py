@@ -1,0 +1,76 @@
+"""How many visual tokens each medium becomes under a config: shared by the model (which checks
+the counts) and the data processing (which expands the placeholders), with no model built."""
+from __future__ import annotations
+
+import math
+from typing import List, Optional, Sequence, Tuple
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.model import anyres
+from ppllava.ops import window_geometry
+
+
+class TokenLayout:
+    def __init__(self, config: PPLLaVAConfig):
+        self.config = config
+        self.patch_grid = config.image_size // config.patch_size
+
+    def video_geometry(self, num_frames: int) -> Tuple[int, int, int]:
+        """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling."""
+        cfg, g = self.config, self.patch_grid
+        grid = (num_frames, g, g)
+        try:
+            if cfg.pooling == "none":
+                return grid
+            if cfg.pooling == "temporal_mean":
+                return (1, g, g)
+            if cfg.pooling == "spatial":
+                return (num_frames, max(1, g // 2), max(1, g // 2))
+            if cfg.pooling == "adaptive":
+                return window_geometry(grid, output_size=cfg.video_output_size)[0]
+            kernel = None if cfg.video_output_size is not None else cfg.video_kernel
+            return window_geometry(grid, cfg.video_output_size, kernel, cfg.video_stride)[0]
+        except ValueError as err:
+            raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
+
+    def video_token_count(self, num_frames: int) -> int:
+        return math.prod(self.video_geometry(num_frames))
+
+    def image_crop_grid(self) -> int:
+        """Side of each image crop's pooled feature map."""
+        g = self.patch_grid
+        if self.config.pooling == "none":
+            return g
+        return window_geometry((1, g, g), kernel=self.config.image_kernel)[0][1]
+
+    def image_crops(self, image_size) -> int:
+        """Crops of an image of (H, W) pixels in LLaVA-NeXT's any-resolution layout."""
+        return anyres.crop_count(image_size, self.config.image_grid_pinpoints, self.config.image_size)
+
+    def image_token_count(self, image_size, num_crops: Optional[int] = None) -> int:
+        """Visual tokens of one image; `num_crops=1` is the single-crop layout (multi-image sets)."""
+        crops = self.image_crops(image_size) if num_crops is None else num_crops
+        return anyres.image_token_count(image_size, crops, self.image_crop_grid(), self.config.image_grid_pinpoints,
+                                        self.config.image_size)
+
+    def expand_placeholders(self, ids: Sequence[int], *, image_sizes: Sequence = (),
+                            image_crops: Optional[Sequence[int]] = None, video_frames: Sequence[int] = ()) -> List[int]:
+        """Token ids with each single `<image>` / `<video>` placeholder id replaced by as many ids as
+        its media item has visual tokens (images and videos each in order of appearance)."""
+        cfg = self.config
+        ids = list(ids)
+        for token, what, given in ((cfg.image_token_id, "<image>", len(image_sizes)), (cfg.video_token_id, "<video>", len(video_frames))):
+            if ids.count(token) != given:
+                raise ValueError(f"{ids.count(token)} {what} placeholders in the text but {given} {what[1:-1]}s given")
+        crops = list(image_crops) if image_crops is not None else [None] * len(image_sizes)
+        images = iter([self.image_token_count(size, c) for size, c in zip(image_sizes, crops)])
+        videos = iter([self.video_token_count(t) for t in video_frames])
+        out = []
+        for token in ids:
+            if token == cfg.image_token_id:
+                out += [token] * next(images)
+            elif token == cfg.video_token_id:
+                out += [token] * next(videos)
+            else:
+                out.append(token)
+        return out

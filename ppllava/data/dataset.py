@@ -92,11 +92,14 @@ class MediaProcessor:
 
 
 class LLaVADataset(Dataset):
-    def __init__(self, annotations: Union[str, Path], config: PPLLaVAConfig, tokenizer, *,
+    def __init__(self, annotations: Union[str, Path, List[dict]], config: PPLLaVAConfig, tokenizer, *,
                  media_root: Optional[Union[str, Path]] = None, template: str = "vicuna_v1", reader: str = "decord",
                  sampling: str = "uniform", num_frames: Optional[int] = None, fps: Optional[float] = None,
                  max_length: int = 2048, skip_bad: bool = False, seed: int = 0):
-        self.source = str(annotations)
+        in_memory = isinstance(annotations, list)
+        if in_memory and media_root is None:
+            raise ValueError("records given in memory need a media_root")
+        self.source = "<records>" if in_memory else str(annotations)
         self.root = Path(media_root) if media_root is not None else Path(annotations).parent
         self.config, self.tokenizer, self.template = config, tokenizer, template
         self.reader, self.sampling, self.fps = get_reader(reader), sampling, fps
@@ -104,7 +107,7 @@ class LLaVADataset(Dataset):
         self.max_length, self.skip_bad, self.seed = max_length, skip_bad, seed
         self.layout, self.processor = TokenLayout(config), MediaProcessor(config)
         self.records, self.kinds, self.invalid = [], [], []
-        for record in read_records(annotations):
+        for record in annotations if in_memory else read_records(annotations):
             try:  # checks that need no decoding happen once, here
                 kind = media_kind(record, self.source)
                 turns = record.get("conversations") or []

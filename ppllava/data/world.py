@@ -81,6 +81,7 @@ class WorldWriter:
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),
                   "task": "needle" if needle else q.task, "frames": num_frames, "fps": spec.fps,
+                  "objects": [o.name for o in scene.objects],
                   "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                            "shape": scene.objects[q.target].shape},
                   "boxes": None if q.target is None else [row[q.target] for row in per_frame]}
@@ -99,7 +100,7 @@ class WorldWriter:
         Image.fromarray(frames[0]).save(self.root / "images" / f"{name}.png")
         q = _pick(rng, IMAGE_TASKS, scene, "image")
         return {"id": name, "image": f"images/{name}.png", "conversations": _conversation("<image>", q.question, q.answer),
-                "task": q.task, "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
+                "task": q.task, "objects": [o.name for o in scene.objects], "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                                           "shape": scene.objects[q.target].shape},
                 "boxes": None if q.target is None else [boxes(masks)[0][q.target]], **({"options": q.options} if q.options else {})}
 

@@ -1,0 +1,84 @@
+"""Image-text pairs for CLIP post-pretraining, with the patch cells the named object covers (for
+pointing accuracy) and every object of the picture (for multi-positive contrastive targets)."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, List, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+
+from ppllava.data.dataset import read_records
+from ppllava.data.video import MediaError, get_reader
+
+
+def patch_mask(box, image_size: int, patch_size: int) -> torch.Tensor:
+    """(g, g) bool: patches whose centre lies inside the box [x0, y0, x1, y1] (pixels)."""
+    g = image_size // patch_size
+    centres = (torch.arange(g) + 0.5) * patch_size
+    x0, y0, x1, y1 = box
+    inside_x = (centres >= x0) & (centres < x1)
+    inside_y = (centres >= y0) & (centres < y1)
+    return inside_y[:, None] & inside_x[None, :]
+
+
+class ClipPairDataset(Dataset):
+    """One (frame, "a {colour} {shape}") pair per record that names a target: the image itself, or
+    the first video frame where the target is visible."""
+
+    def __init__(self, annotations: Union[str, Path], image_size: int, patch_size: int, *, reader: str = "decord"):
+        from transformers import CLIPImageProcessor
+
+        self.source, self.root = str(annotations), Path(annotations).parent
+        self.image_size, self.patch_size = image_size, patch_size
+        self.reader = get_reader(reader)
+        self.processor = CLIPImageProcessor(size={"shortest_edge": image_size},
+                                            crop_size={"height": image_size, "width": image_size})
+        self.items = []
+        for record in read_records(annotations):
+            target, boxes = record.get("target"), record.get("boxes")
+            if not target or not boxes or "objects" not in record or "images" in record:
+                continue
+            frame = next((t for t, b in enumerate(boxes) if b is not None), None)
+            if frame is not None:
+                self.items.append((record, frame))
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> Dict[str, object]:
+        record, frame = self.items[index]
+        if "video" in record:
+            pixels = self.reader.read(self.root / record["video"], [frame])[0]
+        else:
+            path = self.root / record["image"]
+            if not path.is_file():
+                raise MediaError(f"{self.source}: record {record.get('id')}: {path}: no such image file")
+            pixels = np.array(Image.open(path).convert("RGB"))
+        name = f"{record['target']['colour']} {record['target']['shape']}"
+        return {"pixel_values": self.processor([pixels], return_tensors="pt")["pixel_values"][0], "text": f"a {name}",
+                "name": name, "objects": list(record["objects"]),
+                "mask": patch_mask(record["boxes"][frame], self.image_size, self.patch_size)}
+
+
+class ClipPairCollator:
+    """Stacks pixels and masks, tokenizes texts for CLIP, and marks every (image, text) pair whose
+    text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE."""
+
+    def __init__(self, context_length: int = 77, clip_tokenizer=None):
+        if clip_tokenizer is None:
+            import open_clip
+
+            clip_tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        self.tokenizer, self.context = clip_tokenizer, context_length
+
+    def __call__(self, items: Sequence[Dict[str, object]]) -> Dict[str, object]:
+        from ppllava.ops import tokenize_clip_prompts
+
+        positives = torch.tensor([[other["name"] in item["objects"] for other in items] for item in items])
+        return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
+                "clip_input_ids": tokenize_clip_prompts([i["text"] for i in items], self.tokenizer, self.context),
+                "masks": torch.stack([i["mask"] for i in items]), "positives": positives,
+                "names": [i["name"] for i in items]}

@@ -1,0 +1,174 @@
+"""LightningDataModules over a written world (or any LLaVA-format data laid out the same way):
+interleaved SFT (image / video / multi-image mixed by ratio, each batch one media type), DPO pairs,
+and CLIP post-pretraining pairs. `SkipReport` prints the counted skips at each epoch's end."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence
+
+import lightning as L
+import numpy as np
+from torch.utils.data import DataLoader, Sampler
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.data.clip_pairs import ClipPairCollator, ClipPairDataset
+from ppllava.data.dataset import Collator, LLaVADataset
+from ppllava.data.preference import PreferenceCollator, PreferenceDataset
+
+
+class MediaBatchSampler(Sampler[List[int]]):
+    """Batches of one media type each (no padding of pixels across types), drawn by `mix` ratio.
+
+    shuffle=True (training): per epoch, each type contributes round(mix * total batches) batches of
+    freshly shuffled indices (a type with fewer samples than that wraps around); batch order is
+    shuffled. shuffle=False (evaluation): every sample once, type by type, in file order."""
+
+    def __init__(self, kinds: Sequence[str], batch_size: int, mix: Optional[Dict[str, float]] = None,
+                 shuffle: bool = True, seed: int = 0):
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        self.by_kind: Dict[str, List[int]] = {}
+        for i, kind in enumerate(kinds):
+            self.by_kind.setdefault(kind, []).append(i)
+        mix = mix or {k: len(v) for k, v in self.by_kind.items()}
+        unknown = set(mix) - set(self.by_kind)
+        if unknown and any(mix[k] > 0 for k in unknown):
+            raise ValueError(f"mix names media types with no samples: {sorted(unknown)} (have {sorted(self.by_kind)})")
+        total = sum(mix.get(k, 0) for k in self.by_kind)
+        self.mix = {k: mix.get(k, 0) / total for k in self.by_kind}
+        self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
+        self.total = len(kinds)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def _batches(self) -> List[List[int]]:
+        if not self.shuffle:
+            return [idx[i : i + self.batch_size] for idx in self.by_kind.values() for i in range(0, len(idx), self.batch_size)]
+        rng = np.random.default_rng((self.seed, self.epoch))
+        n_batches = max(1, self.total // self.batch_size)
+        batches = []
+        for kind, share in self.mix.items():
+            want = int(round(share * n_batches)) * self.batch_size
+            pool = self.by_kind[kind]
+            order = np.concatenate([rng.permutation(pool) for _ in range(-(-want // len(pool)))])[:want] if want else []
+            batches += [list(map(int, order[i : i + self.batch_size])) for i in range(0, len(order), self.batch_size)]
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+    def __iter__(self) -> Iterator[List[int]]:
+        yield from self._batches()
+
+    def __len__(self) -> int:
+        return len(self._batches())
+
+
+class _Base(L.LightningDataModule):
+    def __init__(self, root, config: PPLLaVAConfig, tokenizer=None, *, batch_size: int = 8, template: str = "vicuna_v1",
+                 reader: str = "decord", sampling: str = "uniform", num_workers: int = 0, skip_bad: bool = False,
+                 max_length: int = 2048, seed: int = 0):
+        super().__init__()
+        if tokenizer is None:
+            from ppllava.data.tokenizer import build_world_tokenizer
+
+            tokenizer = build_world_tokenizer()
+        self.root, self.config, self.tokenizer = Path(root), config, tokenizer
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.dataset_kwargs = dict(template=template, reader=reader, sampling=sampling, skip_bad=skip_bad,
+                                   max_length=max_length, seed=seed)
+        self.datasets: Dict[str, object] = {}
+
+    def _loader(self, dataset, sampler, collate) -> DataLoader:
+        return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+
+class SFTDataModule(_Base):
+    """Interleaved SFT on `{split}.json`; `mix` weights media types in training batches."""
+
+    def __init__(self, root, config, tokenizer=None, *, mix: Optional[Dict[str, float]] = None, **kwargs):
+        super().__init__(root, config, tokenizer, **kwargs)
+        self.mix = mix
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split in ("train", "val", "test"):
+            path = self.root / f"{split}.json"
+            if path.exists() and split not in self.datasets:
+                self.datasets[split] = LLaVADataset(path, self.config, self.tokenizer, **self.dataset_kwargs)
+
+    def _split(self, split: str, shuffle: bool) -> DataLoader:
+        if split not in self.datasets:
+            raise FileNotFoundError(f"{self.root / f'{split}.json'}: no {split} split")
+        ds = self.datasets[split]
+        sampler = MediaBatchSampler(ds.kinds, self.batch_size, self.mix if shuffle else None, shuffle, self.seed)
+        return self._loader(ds, sampler, Collator(self.config, self.tokenizer.pad_token_id))
+
+    def train_dataloader(self):
+        return self._split("train", True)
+
+    def val_dataloader(self):
+        return self._split("val", False)
+
+    def test_dataloader(self):
+        return self._split("test", False)
+
+
+class DPODataModule(_Base):
+    """Preference pairs from `{split}_dpo.jsonl`."""
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split in ("train", "val", "test"):
+            path = self.root / f"{split}_dpo.jsonl"
+            if path.exists() and split not in self.datasets:
+                self.datasets[split] = PreferenceDataset(path, self.config, self.tokenizer, **self.dataset_kwargs)
+
+    def _split(self, split: str, shuffle: bool) -> DataLoader:
+        ds = self.datasets[split]
+        sampler = MediaBatchSampler(ds.base.kinds, self.batch_size, None, shuffle, self.seed)
+        return self._loader(ds, sampler, PreferenceCollator(Collator(self.config, self.tokenizer.pad_token_id)))
+
+    def train_dataloader(self):
+        return self._split("train", True)
+
+    def val_dataloader(self):
+        return self._split("val", False)
+
+
+class ClipPairsDataModule(L.LightningDataModule):
+    """CLIP post-pretraining pairs from `{split}.json` records that name a target."""
+
+    def __init__(self, root, config: PPLLaVAConfig, *, batch_size: int = 128, reader: str = "decord", num_workers: int = 0):
+        super().__init__()
+        self.root, self.config, self.batch_size, self.reader, self.num_workers = Path(root), config, batch_size, reader, num_workers
+        self.datasets: Dict[str, ClipPairDataset] = {}
+
+    def setup(self, stage: Optional[str] = None) -> None:
+        for split in ("train", "val", "test"):
+            path = self.root / f"{split}.json"
+            if path.exists() and split not in self.datasets:
+                self.datasets[split] = ClipPairDataset(path, self.config.image_size, self.config.patch_size, reader=self.reader)
+
+    def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=ClipPairCollator(self.config.clip_context), drop_last=shuffle)
+
+    def train_dataloader(self):
+        return self._loader("train", True)
+
+    def val_dataloader(self):
+        return self._loader("val", False)
+
+
+class SkipReport(L.Callback):
+    """Counts the samples skipped (skip_bad=True) in each epoch and reports them at its end."""
+
+    def __init__(self):
+        self.reasons: List[str] = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self.reasons += list(batch.get("skipped", []))
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.reasons:
+            print(f"[ppllava] epoch {trainer.current_epoch}: skipped {len(self.reasons)} bad samples; first: {self.reasons[0]}")
+            pl_module.log("data/skipped", float(len(self.reasons)))
+        self.reasons = []

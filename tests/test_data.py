@@ -249,3 +249,21 @@ def test_datamodules(world, tokenizer):
     batch = next(iter(clip.train_dataloader()))
     assert batch["positives"].diagonal().all() and batch["masks"].shape == (4, 4, 4)
     assert all(m.any() for m in batch["masks"])
+
+
+def test_skip_report_counts_per_epoch(capsys):
+    from types import SimpleNamespace
+
+    from ppllava.data.datamodules import SkipReport
+
+    logged = {}
+    module = SimpleNamespace(log=lambda name, value: logged.__setitem__(name, value))
+    trainer = SimpleNamespace(current_epoch=3)
+    report = SkipReport()
+    report.on_train_batch_end(trainer, module, None, {"skipped": ["a.json: record 7: x.mp4: no such video file"]}, 0)
+    report.on_train_batch_end(trainer, module, None, {"skipped": []}, 1)
+    report.on_train_batch_end(trainer, module, None, {"skipped": ["b"]}, 2)
+    report.on_train_epoch_end(trainer, module)
+    assert "epoch 3: skipped 2 bad samples" in capsys.readouterr().out and logged == {"data/skipped": 2.0}
+    report.on_train_epoch_end(trainer, module)  # a clean epoch reports nothing
+    assert capsys.readouterr().out == ""

@@ -1,0 +1,98 @@
+"""The training objectives as pure functions (DESIGN.md §2), testable without Lightning."""
+from __future__ import annotations
+
+from typing import Dict, Optional
+
+import torch
+import torch.nn.functional as F
+
+DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+
+
+def fine_grained_logits(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Video-text logits of the fine-grained CLIP post-pretraining: for every (video i, text j),
+    tau * sum_p r_p * softmax_p(tau * r)_p over all patches p of video i, r_p = cos(e_ip, c_j).
+
+    patch_embeds (`torch.FloatTensor` of shape `(B, N, Dc)`), text_embeds `(B', Dc)` -> `(B, B')`."""
+    e = F.normalize(patch_embeds.float(), dim=-1)
+    c = F.normalize(text_embeds.float(), dim=-1)
+    tau = logit_scale.float().exp()
+    r = torch.einsum("bnd,td->btn", e, c)  # (B, B', N)
+    return tau * (r * torch.softmax(tau * r, dim=-1)).sum(-1)
+
+
+def global_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
+    """Plain CLIP logits tau * cos(image, text): (B, Dc), (B', Dc) -> (B, B') (the ablation)."""
+    return logit_scale.float().exp() * F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T
+
+
+def contrastive_loss(logits: torch.Tensor, positives: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Symmetric InfoNCE over a (B, B) logit matrix. `positives` (B, B) bool marks every matching
+    pair (several images can contain the named thing): each row's and column's target is then the
+    uniform distribution over its positives. None means the diagonal."""
+    if positives is None:
+        positives = torch.eye(logits.shape[0], dtype=torch.bool, device=logits.device)
+    if not positives.any(1).all() or not positives.any(0).all():
+        raise ValueError("every image and every text needs at least one positive")
+    target = positives.float()
+    rows = -(target / target.sum(1, keepdim=True) * F.log_softmax(logits, 1)).sum(1).mean()
+    cols = -(target / target.sum(0, keepdim=True) * F.log_softmax(logits, 0)).sum(0).mean()
+    return (rows + cols) / 2
+
+
+def pointing_accuracy(relevance: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
+    """Share of maps whose most relevant patch lies inside the named object's patches.
+
+    relevance `(B, ..., H, W)` and masks of the same shape (bool) -> scalar."""
+    flat = relevance.flatten(1)
+    hit = masks.flatten(1).gather(1, flat.argmax(1, keepdim=True))
+    return hit.float().mean()
+
+
+def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Next-token accuracy on labelled positions: logits (B, L, V), labels (B, L) -> scalar."""
+    predicted = logits[:, :-1].argmax(-1)
+    target = labels[:, 1:]
+    keep = target != ignore_index
+    return (predicted[keep] == target[keep]).float().mean() if keep.any() else logits.new_tensor(float("nan"))
+
+
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
+    """Sum of the log-probabilities of the labelled (answer) tokens, per sequence: (B, L, V), (B, L) -> (B,)."""
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    target = labels[:, 1:]
+    keep = target != ignore_index
+    picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+    return (picked * keep).sum(-1)
+
+
+def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
+             reference_rejected: torch.Tensor, *, beta: float = 0.1, loss_type: str = "sigmoid",
+             sft_chosen: Optional[torch.Tensor] = None, alpha: float = 1.0, gamma: float = 0.0) -> Dict[str, torch.Tensor]:
+    """Direct preference optimisation on per-sequence answer log-prob sums, each (B,).
+
+    h = (pi_c - ref_c) - (pi_r - ref_r);  sigmoid: -log sigmoid(beta h);  hinge: relu(1 - beta h);
+    ipo: (h - 1 / (2 beta))^2.  total = alpha * mean(dpo) + gamma * sft_chosen.
+    Returns loss, dpo, rewards (beta * log-ratios) chosen / rejected, reward accuracy and margin."""
+    if loss_type not in DPO_LOSSES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSSES}, got {loss_type!r}")
+    if not beta > 0:
+        raise ValueError(f"beta must be > 0, got {beta}")
+    chosen_ratio, rejected_ratio = policy_chosen - reference_chosen, policy_rejected - reference_rejected
+    h = chosen_ratio - rejected_ratio
+    if loss_type == "sigmoid":
+        per = -F.logsigmoid(beta * h)
+    elif loss_type == "hinge":
+        per = torch.relu(1 - beta * h)
+    else:
+        per = (h - 1 / (2 * beta)) ** 2
+    dpo = per.mean()
+    total = alpha * dpo
+    if gamma:
+        if sft_chosen is None:
+            raise ValueError("gamma > 0 needs sft_chosen (the chosen answers' SFT loss)")
+        total = total + gamma * sft_chosen
+    chosen_reward, rejected_reward = beta * chosen_ratio.detach(), beta * rejected_ratio.detach()
+    return {"loss": total, "dpo": dpo.detach(), "reward_chosen": chosen_reward.mean(),
+            "reward_rejected": rejected_reward.mean(), "reward_accuracy": (chosen_reward > rejected_reward).float().mean(),
+            "reward_margin": (chosen_reward - rejected_reward).mean()}

@@ -24,7 +24,7 @@ class MediaBatchSampler(Sampler[List[int]]):
     shuffled. shuffle=False (evaluation): every sample once, type by type, in file order."""
 
     def __init__(self, kinds: Sequence[str], batch_size: int, mix: Optional[Dict[str, float]] = None,
-                 shuffle: bool = True, seed: int = 0):
+                 shuffle: bool = True, seed: int = 0, num_replicas: int = 1, rank: int = 0):
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.by_kind: Dict[str, List[int]] = {}
@@ -38,6 +38,9 @@ class MediaBatchSampler(Sampler[List[int]]):
         self.mix = {k: mix.get(k, 0) / total for k in self.by_kind}
         self.batch_size, self.shuffle, self.seed, self.epoch = batch_size, shuffle, seed, 0
         self.total = len(kinds)
+        # Under DDP each process takes every num_replicas-th batch of the same epoch's plan, the
+        # plan cut to a multiple of num_replicas so every process runs the same number of steps.
+        self.num_replicas, self.rank = num_replicas, rank
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
@@ -55,17 +58,24 @@ class MediaBatchSampler(Sampler[List[int]]):
             batches += [list(map(int, order[i : i + self.batch_size])) for i in range(0, len(order), self.batch_size)]
         return [batches[i] for i in rng.permutation(len(batches))]
 
+    def _mine(self) -> List[List[int]]:
+        batches = self._batches()
+        if self.num_replicas == 1:
+            return batches
+        usable = len(batches) - len(batches) % self.num_replicas
+        return batches[self.rank : usable : self.num_replicas]
+
     def __iter__(self) -> Iterator[List[int]]:
-        yield from self._batches()
+        yield from self._mine()
 
     def __len__(self) -> int:
-        return len(self._batches())
+        return len(self._mine())
 
 
 class _Base(L.LightningDataModule):
     def __init__(self, root, config: PPLLaVAConfig, tokenizer=None, *, batch_size: int = 8, template: str = "vicuna_v1",
                  reader: str = "decord", sampling: str = "uniform", num_workers: int = 0, skip_bad: bool = False,
-                 max_length: int = 2048, seed: int = 0):
+                 max_length: int = 2048, seed: int = 0, tasks: Optional[Sequence[str]] = None):
         super().__init__()
         if tokenizer is None:
             from ppllava.data.tokenizer import build_world_tokenizer
@@ -74,8 +84,13 @@ class _Base(L.LightningDataModule):
         self.root, self.config, self.tokenizer = Path(root), config, tokenizer
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.dataset_kwargs = dict(template=template, reader=reader, sampling=sampling, skip_bad=skip_bad,
-                                   max_length=max_length, seed=seed)
+                                   max_length=max_length, seed=seed, tasks=tasks)
         self.datasets: Dict[str, object] = {}
+
+    def _replicas(self):
+        """(world size, rank) of the attached trainer, for sharding the batch plan under DDP."""
+        trainer = getattr(self, "trainer", None)
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def _loader(self, dataset, sampler, collate) -> DataLoader:
         return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=self.num_workers,
@@ -99,7 +114,8 @@ class SFTDataModule(_Base):
         if split not in self.datasets:
             raise FileNotFoundError(f"{self.root / f'{split}.json'}: no {split} split")
         ds = self.datasets[split]
-        sampler = MediaBatchSampler(ds.kinds, self.batch_size, self.mix if shuffle else None, shuffle, self.seed)
+        sampler = MediaBatchSampler(ds.kinds, self.batch_size, self.mix if shuffle else None, shuffle, self.seed,
+                                    *self._replicas())
         return self._loader(ds, sampler, Collator(self.config, self.tokenizer.pad_token_id))
 
     def train_dataloader(self):
@@ -123,7 +139,7 @@ class DPODataModule(_Base):
 
     def _split(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]
-        sampler = MediaBatchSampler(ds.base.kinds, self.batch_size, None, shuffle, self.seed)
+        sampler = MediaBatchSampler(ds.base.kinds, self.batch_size, None, shuffle, self.seed, *self._replicas())
         return self._loader(ds, sampler, PreferenceCollator(Collator(self.config, self.tokenizer.pad_token_id)))
 
     def train_dataloader(self):

@@ -95,7 +95,7 @@ class LLaVADataset(Dataset):
     def __init__(self, annotations: Union[str, Path, List[dict]], config: PPLLaVAConfig, tokenizer, *,
                  media_root: Optional[Union[str, Path]] = None, template: str = "vicuna_v1", reader: str = "decord",
                  sampling: str = "uniform", num_frames: Optional[int] = None, fps: Optional[float] = None,
-                 max_length: int = 2048, skip_bad: bool = False, seed: int = 0):
+                 max_length: int = 2048, skip_bad: bool = False, seed: int = 0, tasks: Optional[Sequence[str]] = None):
         in_memory = isinstance(annotations, list)
         if in_memory and media_root is None:
             raise ValueError("records given in memory need a media_root")
@@ -108,6 +108,8 @@ class LLaVADataset(Dataset):
         self.layout, self.processor = TokenLayout(config), MediaProcessor(config)
         self.records, self.kinds, self.invalid = [], [], []
         for record in annotations if in_memory else read_records(annotations):
+            if tasks is not None and record.get("task") not in tasks:  # e.g. captions only for stage 1
+                continue
             try:  # checks that need no decoding happen once, here
                 kind = media_kind(record, self.source)
                 turns = record.get("conversations") or []

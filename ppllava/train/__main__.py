@@ -1,0 +1,3 @@
+from ppllava.train.run import main
+
+main()

@@ -1,0 +1,118 @@
+"""Run one training stage from a TrainConfig: the model, its data, Lightning's Trainer.
+
+    python -m ppllava.train configs/tiny/sft2.yaml --set lr=5e-4 max_steps=200
+    python -m ppllava.train configs/tiny/sft2.yaml --resume      # from run_dir/checkpoints/last.ckpt
+
+The run directory gets train_config.yaml (what it ran with), logs/ (CSV), checkpoints/last.ckpt,
+model/ (the kit checkpoint the next stage starts from) and metrics.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+import lightning as L
+import torch
+import yaml
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.data.datamodules import ClipPairsDataModule, DPODataModule, SFTDataModule, SkipReport
+from ppllava.model import PPLLaVA, load_pretrained
+from ppllava.train.config import TrainConfig
+from ppllava.train.modules import MODULES, add_lora
+
+
+def build_model(cfg: TrainConfig) -> PPLLaVA:
+    if cfg.init_from is not None:
+        return load_pretrained(cfg.init_from, **cfg.model)
+    return PPLLaVA(PPLLaVAConfig.from_name(cfg.preset, **cfg.model))
+
+
+def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
+    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    if cfg.stage == "clip":
+        return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+    if cfg.stage == "sft1":  # projector alignment on captions, LLaVA's plain template
+        return SFTDataModule(cfg.data, config, template="plain", tasks=("caption",), mix=None, **common)  # as found
+    if cfg.stage == "sft2":
+        return SFTDataModule(cfg.data, config, template=cfg.template, mix=cfg.mix, **common)
+    return DPODataModule(cfg.data, config, template=cfg.template, **common)
+
+
+def checked_checkpoint(path: Path) -> Path:
+    """A Lightning checkpoint that can be read whole; a file cut short gives a clear error."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path} cannot be read ({type(err).__name__}: {err}); it may have been cut short "
+                         "while writing. Delete it to start over, or resume from another checkpoint.") from err
+    return path
+
+
+def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Callback]] = None) -> L.Trainer:
+    on_gpu = torch.cuda.is_available() and cfg.accelerator in ("auto", "gpu", "cuda")
+    precision = cfg.precision if cfg.precision != "auto" else ("bf16-mixed" if on_gpu else "32-true")
+    # Batches hold one media type, so some parameters sit out a step (image_newline in a video
+    # batch): DDP must be told, or it waits forever for their gradients.
+    strategy = "ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy
+    return L.Trainer(
+        accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=precision,
+        max_steps=cfg.max_steps, max_epochs=cfg.max_epochs, accumulate_grad_batches=cfg.accumulate_grad_batches,
+        gradient_clip_val=cfg.gradient_clip_val, check_val_every_n_epoch=cfg.val_every_n_epochs,
+        limit_val_batches=cfg.limit_val_batches, default_root_dir=run_dir, log_every_n_steps=1,
+        logger=CSVLogger(run_dir, name="logs", version=""), deterministic=not on_gpu,
+        use_distributed_sampler=False,  # the media batch sampler shards itself across processes
+        callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0), SkipReport(),
+                   *(callbacks or [])],
+    )
+
+
+def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callback]] = None) -> Dict[str, object]:
+    """Train one stage; returns the final metrics (also in run_dir/metrics.json)."""
+    run_dir = Path(cfg.run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.seed, workers=True)
+    model = build_model(cfg)
+    if cfg.lora_rank > 0 and cfg.stage in ("sft2", "dpo"):
+        add_lora(model, cfg.lora_rank)
+    module = MODULES[cfg.stage](model, cfg)
+    data = build_data(cfg, model.config)
+    trainer = build_trainer(cfg, run_dir, callbacks)
+    if trainer.is_global_zero:
+        cfg.to_yaml(run_dir / "train_config.yaml")
+        model.config.to_yaml(run_dir / "model_config.yaml")
+    last = run_dir / "checkpoints" / "last.ckpt"
+    ckpt = checked_checkpoint(last) if resume and last.exists() else None
+    start = time.perf_counter()
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt)
+    metrics = {k: float(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(wall_seconds=time.perf_counter() - start, steps=trainer.global_step)
+    if trainer.is_global_zero:
+        if cfg.lora_rank > 0 and cfg.stage in ("sft2", "dpo"):
+            model.language_model = model.language_model.merge_and_unload()  # the kit format holds plain weights
+        model.save_pretrained(run_dir / "model")
+        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    return metrics
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", type=Path, help="a stage config, e.g. configs/tiny/sft2.yaml")
+    parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides, values in YAML syntax")
+    parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoints/last.ckpt")
+    args = parser.parse_args(argv)
+    overrides = {}
+    for item in args.set:
+        key, _, value = item.partition("=")
+        overrides[key] = yaml.safe_load(value)
+    metrics = run(TrainConfig.from_yaml(args.config, **overrides), resume=args.resume)
+    print(json.dumps(metrics, indent=2))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,124 @@
+"""Training stages end to end on a tiny world, resume, broken checkpoints, DDP on CPU, configs."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.data.world import WorldSpec, write_world
+from ppllava.model import PPLLaVA
+from ppllava.train.config import TrainConfig
+from ppllava.train.modules import MODULES
+from ppllava.train.run import run
+
+ROOT = Path(__file__).resolve().parent.parent
+CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("world")
+    write_world(root, WorldSpec(), train=32, val=8, test=0, long_per_length=0, progress=False)
+    return root
+
+
+def tiny_cfg(world, tmp_path, stage, **kw):
+    defaults = dict(stage=stage, preset="tiny", data=str(world), run_dir=str(tmp_path / stage), batch_size=8,
+                    lr=1e-3, max_epochs=1, limit_val_batches=2)
+    return TrainConfig(**{**defaults, **kw})
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=[f"{p.parent.name}/{p.stem}" for p in CONFIGS])
+def test_every_config_loads_and_its_model_builds(path):
+    cfg = TrainConfig.from_yaml(path)
+    assert cfg.preset == path.parent.name and cfg.stage == path.stem
+    model_config = PPLLaVAConfig.from_name(cfg.preset, **cfg.model)
+    if cfg.preset == "paper":  # the published hyper-parameters, checked on the meta device
+        assert {"sft2": 2e-5, "dpo": 5e-6}.get(cfg.stage, cfg.lr) == cfg.lr
+        assert model_config.num_frames == 32 and model_config.video_kernel == (2, 3, 3)
+        with torch.device("meta"):
+            model = PPLLaVA(model_config)
+        module = MODULES[cfg.stage](model, TrainConfig(**{**cfg.__dict__, "init_from": cfg.init_from or "x"}))
+        trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+        expected = {"clip": (4e8, 5e8), "sft1": (2e7, 2.2e7), "sft2": (6.7e9, 6.8e9), "dpo": (6.7e9, 6.8e9)}[cfg.stage]
+        assert expected[0] < trainable < expected[1], (cfg.stage, trainable)
+
+
+def test_stage_one_trains_the_projector_only(world, tmp_path):
+    before = PPLLaVA(PPLLaVAConfig.from_name("tiny"))
+    torch.manual_seed(0)
+    metrics = run(tiny_cfg(world, tmp_path, "sft1", max_steps=2))
+    assert metrics["steps"] > 0
+    after = load_file(tmp_path / "sft1" / "model" / "model.safetensors")
+    torch.manual_seed(0)
+    start = PPLLaVA(PPLLaVAConfig.from_name("tiny")).state_dict()
+    changed = {k for k, v in after.items() if k in start and not torch.equal(v, start[k])}
+    assert changed and all(k.startswith(("projector.", "image_newline")) for k in changed), sorted(changed)[:5]
+    assert (tmp_path / "sft1" / "train_config.yaml").exists() and (tmp_path / "sft1" / "logs" / "metrics.csv").exists()
+    del before
+
+
+def test_clip_sft_lora_and_dpo_stages_run(world, tmp_path):
+    clip = run(tiny_cfg(world, tmp_path, "clip", batch_size=16, max_steps=3))
+    assert 0.0 <= clip["val/pointing"] <= 1.0
+    glob = run(tiny_cfg(world, tmp_path, "clip", run_dir=str(tmp_path / "global"), clip_loss="global", batch_size=16, max_steps=2))
+    assert "val/pointing" in glob
+    sft = run(tiny_cfg(world, tmp_path, "sft2", max_steps=3, lora_rank=4, init_from=str(tmp_path / "clip" / "model")))
+    assert sft["train/token_accuracy"] >= 0.0 and sft["train/tokens_per_s"] > 0
+    dpo = run(tiny_cfg(world, tmp_path, "dpo", batch_size=4, lr=1e-4, init_from=str(tmp_path / "sft2" / "model")))
+    for key in ("val/reward_accuracy", "val/reward_margin", "val/reward_chosen", "val/reward_rejected"):
+        assert key in dpo
+    lora_dpo = run(tiny_cfg(world, tmp_path, "dpo", run_dir=str(tmp_path / "dpo_lora"), batch_size=4, max_steps=2,
+                            lora_rank=4, init_from=str(tmp_path / "sft2" / "model")))
+    assert "train/reward_accuracy" in lora_dpo
+
+
+class InterruptAfterEpoch(L.Callback):
+    """Stops the run as a crash would, after the checkpoint of `epoch` is written."""
+
+    def __init__(self, epoch: int):
+        self.epoch = epoch
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        if trainer.current_epoch == self.epoch:
+            trainer.should_stop = True
+
+
+def test_resume_ends_with_the_same_weights(world, tmp_path):
+    whole = run(tiny_cfg(world, tmp_path, "sft2", run_dir=str(tmp_path / "whole"), max_epochs=3))
+    cut = tiny_cfg(world, tmp_path, "sft2", run_dir=str(tmp_path / "cut"), max_epochs=3)
+    interrupted = run(cut, callbacks=[InterruptAfterEpoch(0)])
+    assert interrupted["steps"] < whole["steps"]
+    resumed = run(cut, resume=True)
+    assert resumed["steps"] == whole["steps"]
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_a_checkpoint_cut_short_is_a_clear_error(world, tmp_path):
+    cfg = tiny_cfg(world, tmp_path, "sft2", max_steps=2)
+    run(cfg)
+    last = tmp_path / "sft2" / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[: last.stat().st_size // 3])
+    with pytest.raises(ValueError, match="last.ckpt cannot be read.*cut short"):
+        run(cfg, resume=True)
+
+
+def test_two_process_ddp_on_cpu(world, tmp_path):
+    config = tmp_path / "ddp.yaml"
+    tiny_cfg(world, tmp_path, "sft2", run_dir=str(tmp_path / "ddp"), max_steps=2, accelerator="cpu", devices=2,
+             strategy="ddp").to_yaml(config)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-m", "ppllava.train", str(config)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "distributed_backend=gloo" in done.stderr + done.stdout and "All distributed processes registered" in done.stderr + done.stdout
+    assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()

@@ -53,7 +53,7 @@ class PPLLaVAConfig:
     clip_keep_positions: int = 20  # rows of the position table left frozen by the extension
     extension_init: str = "interpolate"  # interpolate | random
     clip_text_trainable: bool = False  # frozen | trainable text tower
-    logit_scale_init: float = 4.605170185988092  # log(100), OpenAI CLIP's tau
+    logit_scale_init: float = 2.659260036932778  # log(1 / 0.07), CLIP's start when trained from scratch
 
     # --- LLM ------------------------------------------------------------------------------
     llm_family: str = "llama"  # llama (Vicuna) | qwen2
@@ -204,7 +204,7 @@ PRESETS: Dict[str, Dict[str, Any]] = {
         llm_hidden=4096, llm_layers=32, llm_heads=32, llm_kv_heads=32, llm_intermediate=11008,
         llm_vocab_size=32064, llm_max_positions=4096, num_frames=32, video_kernel=(2, 3, 3),
         image_token_id=32000, video_token_id=32001,
-        image_kernel=(1, 3, 3), dtype="bfloat16",
+        image_kernel=(1, 3, 3), dtype="bfloat16", logit_scale_init=4.605170185988092,  # log(100), OpenAI CLIP's tau
         image_grid_pinpoints=((336, 672), (672, 336), (672, 672), (1008, 336), (336, 1008)),
     ),
 }

@@ -36,7 +36,7 @@ class ClipPairDataset(Dataset):
         self.reader = get_reader(reader)
         self.processor = CLIPImageProcessor(size={"shortest_edge": image_size},
                                             crop_size={"height": image_size, "width": image_size})
-        self.items = []
+        self.items, self._cache = [], {}
         for record in read_records(annotations):
             target, boxes = record.get("target"), record.get("boxes")
             if not target or not boxes or "objects" not in record or "images" in record:
@@ -49,6 +49,12 @@ class ClipPairDataset(Dataset):
         return len(self.items)
 
     def __getitem__(self, index: int) -> Dict[str, object]:
+        # Contrastive training revisits every pair many times: decode and transform each once.
+        if index not in self._cache:
+            self._cache[index] = self._load(index)
+        return self._cache[index]
+
+    def _load(self, index: int) -> Dict[str, object]:
         record, frame = self.items[index]
         if "video" in record:
             pixels = self.reader.read(self.root / record["video"], [frame])[0]

@@ -28,7 +28,7 @@ class TrainConfig:
     lr: float = 1e-3
     weight_decay: float = 0.0
     warmup_ratio: float = 0.05  # linear warm-up share of the steps, then cosine to zero
-    max_steps: int = -1  # -1: run max_epochs
+    max_steps: int = -1  # -1: run max_epochs; otherwise exactly this many steps, however many epochs
     max_epochs: int = 1
     accumulate_grad_batches: int = 1
     gradient_clip_val: float = 1.0

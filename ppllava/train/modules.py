@@ -23,6 +23,7 @@ from ppllava.train.losses import (
     token_accuracy,
 )
 
+LOGIT_SCALE_MAX = 4.605170185988092  # log(100)
 NO_DECAY = ("bias", "norm", "embedding", "logit_scale", "image_newline", "frozen", "trainable")
 
 
@@ -33,6 +34,7 @@ def trainable_parts(model: PPLLaVA, stage: str, lora: bool) -> None:
         for part in (model.vision_tower, model.visual_layernorm, model.visual_projection, model.clip_text, model.text_projection):
             part.requires_grad_(True)
         model.clip_text.embeddings.position_embedding.requires_grad_(True)
+        model.logit_scale.requires_grad_(True)  # CLIP learns its temperature; frozen in every later stage
     elif stage == "sft1":  # projector alignment: towers and LLM frozen
         model.projector.requires_grad_(True)
         model.image_newline.requires_grad_(True)
@@ -95,6 +97,10 @@ class ClipPretrainModule(_Stage):
             return global_logits(image, text, m.logit_scale), None
         patches = m._patch_embeds(m._patch_features(batch["pixel_values"]))  # (B, g*g, Dc)
         return fine_grained_logits(patches, text, m.logit_scale), (patches, text)
+
+    def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
+        with torch.no_grad():  # as CLIP does: tau = exp(logit_scale) never above 100
+            self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     def _step(self, batch, stage):
         logits, _ = self._embeddings(batch)

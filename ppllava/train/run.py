@@ -62,7 +62,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Ca
     strategy = "ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy
     return L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=precision,
-        max_steps=cfg.max_steps, max_epochs=cfg.max_epochs, accumulate_grad_batches=cfg.accumulate_grad_batches,
+        max_steps=cfg.max_steps, max_epochs=-1 if cfg.max_steps > 0 else cfg.max_epochs,  # max_steps, when set, rules
+        accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val, check_val_every_n_epoch=cfg.val_every_n_epochs,
         limit_val_batches=cfg.limit_val_batches, default_root_dir=run_dir, log_every_n_steps=1,
         logger=CSVLogger(run_dir, name="logs", version=""), deterministic=not on_gpu,

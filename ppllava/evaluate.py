@@ -1,0 +1,92 @@
+"""Computed scores, no model-as-judge: answer accuracy by task (multiple choice among them),
+pointing accuracy of the CLIP relevance, DPO preference accuracy and hallucination rate."""
+from __future__ import annotations
+
+import dataclasses
+from collections import defaultdict
+from typing import Dict, Iterable, List, Optional
+
+import torch
+
+from ppllava.data.conversation import IGNORE
+from ppllava.data.datamodules import MediaBatchSampler
+from ppllava.data.dataset import Collator, LLaVADataset, Sample, model_inputs
+from ppllava.ops import prompt_relevance
+from ppllava.train.losses import pointing_accuracy, sequence_logprobs
+
+
+def _normalise(text: str) -> str:
+    return " ".join(text.replace("</s>", " ").split()).lower()
+
+
+def _prompt_only(sample: Sample) -> Sample:
+    start = next(i for i, label in enumerate(sample.labels) if label != IGNORE)
+    return dataclasses.replace(sample, input_ids=sample.input_ids[:start], labels=[IGNORE] * start)
+
+
+@torch.no_grad()
+def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_new_tokens: int = 12,
+                     indices: Optional[Iterable[int]] = None) -> List[Dict[str, str]]:
+    """Greedy answers to each record's question: [{"id", "task", "answer", "predicted"}]."""
+    model.eval()
+    tokenizer = dataset.tokenizer
+    collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left")
+    chosen = set(range(len(dataset))) if indices is None else set(indices)
+    kinds = [k if i in chosen else "__skip__" for i, k in enumerate(dataset.kinds)]
+    results = []
+    for batch_indices in MediaBatchSampler(kinds, batch_size, shuffle=False):
+        if dataset.kinds[batch_indices[0]] != kinds[batch_indices[0]]:
+            continue
+        samples = [dataset[i] for i in batch_indices]
+        batch = collate([_prompt_only(s) for s in samples])
+        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
+                             eos_token_id=tokenizer.eos_token_id)
+        for s, tokens in zip(samples, new):
+            results.append({"id": s.id, "task": s.record.get("task", "?"), "answer": s.record["conversations"][-1]["value"],
+                            "predicted": tokenizer.decode(tokens, skip_special_tokens=True)})
+    return results
+
+
+def accuracy_by_task(results: List[Dict[str, str]]) -> Dict[str, float]:
+    """Exact-match accuracy per task and overall ("all")."""
+    hits: Dict[str, List[bool]] = defaultdict(list)
+    for r in results:
+        ok = _normalise(r["predicted"]) == _normalise(r["answer"])
+        hits[r["task"]].append(ok)
+        hits["all"].append(ok)
+    return {task: sum(v) / len(v) for task, v in sorted(hits.items())}
+
+
+@torch.no_grad()
+def preference_scores(model, pairs, *, batch_size: int = 8) -> Dict[str, float]:
+    """On preference pairs (a PreferenceDataset): how often the model scores the chosen answer
+    above the hallucinated one, and how often its own greedy answer is wrong (hallucination rate)."""
+    model.eval()
+    collate = Collator(pairs.base.config, pairs.base.tokenizer.pad_token_id)
+    prefer, items = [], []
+    for start in range(0, len(pairs), batch_size):
+        chunk = [pairs[i] for i in range(start, min(start + batch_size, len(pairs)))]
+        logps = []
+        for side in ("chosen", "rejected"):
+            batch = collate([c[side] for c in chunk])
+            logps.append(sequence_logprobs(model(**model_inputs(batch)).logits, batch["labels"]))
+        prefer += (logps[0] > logps[1]).tolist()
+    answers = generate_answers(model, pairs.base, batch_size=batch_size)
+    wrong = [_normalise(a["predicted"]) != _normalise(a["answer"]) for a in answers]
+    return {"preference_accuracy": sum(prefer) / len(prefer), "hallucination_rate": sum(wrong) / len(wrong),
+            "pairs": float(len(prefer))}
+
+
+@torch.no_grad()
+def pointing(model, loader) -> float:
+    """Pointing accuracy over a CLIP-pairs loader: is the most relevant patch on the named object?"""
+    model.eval()
+    g, hits, total = model.patch_grid, 0.0, 0
+    for batch in loader:
+        patches = model._patch_embeds(model._patch_features(batch["pixel_values"]))
+        r, _ = prompt_relevance(patches.view(len(patches), 1, g, g, -1), model.encode_prompts(batch["clip_input_ids"]),
+                                model.logit_scale)
+        hits += float(pointing_accuracy(r[:, 0], batch["masks"])) * len(patches)
+        total += len(patches)
+    return hits / total

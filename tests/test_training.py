@@ -59,7 +59,7 @@ def test_stage_one_trains_the_projector_only(world, tmp_path):
     start = PPLLaVA(PPLLaVAConfig.from_name("tiny")).state_dict()
     changed = {k for k, v in after.items() if k in start and not torch.equal(v, start[k])}
     assert changed and all(k.startswith(("projector.", "image_newline")) for k in changed), sorted(changed)[:5]
-    assert (tmp_path / "sft1" / "train_config.yaml").exists() and (tmp_path / "sft1" / "logs" / "metrics.csv").exists()
+    assert (tmp_path / "sft1" / "train_config.yaml").exists() and list((tmp_path / "sft1" / "logs").glob("version_*/metrics.csv"))
     del before
 
 
@@ -96,6 +96,7 @@ def test_resume_ends_with_the_same_weights(world, tmp_path):
     assert interrupted["steps"] < whole["steps"]
     resumed = run(cut, resume=True)
     assert resumed["steps"] == whole["steps"]
+    assert len(list((tmp_path / "cut" / "logs").glob("version_*/metrics.csv"))) == 2  # the first run's logs kept
     a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     b = load_file(tmp_path / "cut" / "model" / "model.safetensors")
     assert a.keys() == b.keys()

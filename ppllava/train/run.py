@@ -66,7 +66,8 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Ca
         accumulate_grad_batches=cfg.accumulate_grad_batches,
         gradient_clip_val=cfg.gradient_clip_val, check_val_every_n_epoch=cfg.val_every_n_epochs,
         limit_val_batches=cfg.limit_val_batches, default_root_dir=run_dir, log_every_n_steps=1,
-        logger=CSVLogger(run_dir, name="logs", version=""), deterministic=not on_gpu,
+        # Each run, and each resume, logs to its own logs/version_N: a resume never overwrites the earlier logs.
+        logger=CSVLogger(run_dir, name="logs"), deterministic=not on_gpu,
         use_distributed_sampler=False,  # the media batch sampler shards itself across processes
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0), SkipReport(),
                    *(callbacks or [])],

@@ -37,6 +37,11 @@ def _check_report(report: Dict[str, List[str]], source: str, strict: bool) -> No
     warnings.warn(message, stacklevel=3)
 
 
+def _as_report(info: Dict[str, list], drop=lambda kind, key: False) -> Dict[str, List[str]]:
+    """transformers' loading info as {kind: [key, ...]}, minus the keys `drop` accounts for."""
+    return {kind: [str(k) for k in keys if not drop(kind, str(k))] for kind, keys in info.items()}
+
+
 def save_pretrained(model: PPLLaVA, directory: PathLike) -> Path:
     """Write config.yaml, the towers' Hugging Face configs and model.safetensors to `directory`."""
     directory = Path(directory)
@@ -129,8 +134,7 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_mo
 
     loaded, info = AutoModelForImageTextToText.from_pretrained(llava, output_loading_info=True, dtype=dtype)
     released = _released_clip_tensors(llava)
-    info = {k: [str(x) for x in v if not (k == "unexpected_keys" and _is_released_clip_key(str(x)))]
-            for k, v in info.items() if k != "error_msgs"}
+    info = _as_report(info, drop=lambda kind, key: kind == "unexpected_keys" and _is_released_clip_key(key))
     _check_report(info, str(llava), strict)
     hf = loaded.config
     llm = _causal_lm(loaded, hf.text_config)
@@ -152,7 +156,7 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_mo
         parts.update(clip_parts)
     elif clip is not None:
         hf_clip, clip_info = CLIPModel.from_pretrained(Path(clip), output_loading_info=True, dtype=dtype)
-        _check_report({k: [str(x) for x in v] for k, v in clip_info.items() if k != "error_msgs"}, str(clip), strict)
+        _check_report(_as_report(clip_info), str(clip), strict)
         parts.update(clip_text=hf_clip.text_model, text_projection=hf_clip.text_projection,
                      visual_layernorm=hf_clip.vision_model.post_layernorm,
                      visual_projection=hf_clip.visual_projection, logit_scale=hf_clip.logit_scale)

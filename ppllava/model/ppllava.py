@@ -164,14 +164,8 @@ class PPLLaVA(nn.Module):
             weights = relevance if cfg.pooling == "prompt" else None
             return prompt_guided_pool3d(x, weights, grid, kernel=cfg.image_kernel, temperature=cfg.pool_temperature,
                                         weighting=cfg.weighting)[0]
-        geometry = {}
-        if cfg.pooling == "adaptive":
-            geometry = dict(output_size=cfg.video_output_size)
-        elif cfg.pooling == "prompt":
-            geometry = dict(output_size=cfg.video_output_size, stride=cfg.video_stride,
-                            kernel=None if cfg.video_output_size is not None else cfg.video_kernel)
         return pool_visual_tokens(x, grid, cfg.pooling, relevance=relevance, temperature=cfg.pool_temperature,
-                                  weighting=cfg.weighting, **geometry)[0]
+                                  weighting=cfg.weighting, **self.layout.video_pool_geometry())[0]
 
     def _tokens(self, patches: torch.Tensor, grid, relevance, media: str) -> torch.Tensor:
         """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector."""

@@ -15,6 +15,17 @@ class TokenLayout:
         self.config = config
         self.patch_grid = config.image_size // config.patch_size
 
+    def video_pool_geometry(self) -> dict:
+        """The geometry arguments `pool_visual_tokens` takes for videos under the configured mode
+        (empty for the fixed-geometry modes)."""
+        cfg = self.config
+        if cfg.pooling == "adaptive":
+            return dict(output_size=cfg.video_output_size)
+        if cfg.pooling == "prompt":  # output size, when given, wins over the kernel
+            return dict(output_size=cfg.video_output_size, stride=cfg.video_stride,
+                        kernel=None if cfg.video_output_size is not None else cfg.video_kernel)
+        return {}
+
     def video_geometry(self, num_frames: int) -> Tuple[int, int, int]:
         """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling."""
         cfg, g = self.config, self.patch_grid
@@ -26,10 +37,7 @@ class TokenLayout:
                 return (1, g, g)
             if cfg.pooling == "spatial":
                 return (num_frames, max(1, g // 2), max(1, g // 2))
-            if cfg.pooling == "adaptive":
-                return window_geometry(grid, output_size=cfg.video_output_size)[0]
-            kernel = None if cfg.video_output_size is not None else cfg.video_kernel
-            return window_geometry(grid, cfg.video_output_size, kernel, cfg.video_stride)[0]
+            return window_geometry(grid, **self.video_pool_geometry())[0]
         except ValueError as err:
             raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
 

@@ -267,3 +267,17 @@ def test_skip_report_counts_per_epoch(capsys):
     assert "epoch 3: skipped 2 bad samples" in capsys.readouterr().out and logged == {"data/skipped": 2.0}
     report.on_train_epoch_end(trainer, module)  # a clean epoch reports nothing
     assert capsys.readouterr().out == ""
+
+
+def test_task_weights_skew_the_mix_and_default_to_uniform(tmp_path):
+    def share(root, **spec):
+        write_world(root, WorldSpec(**spec), train=120, val=0, test=0, long_per_length=0, progress=False)
+        records = json.loads((root / "train.json").read_text())
+        return sum(r["task"] == "mc" for r in records) / len(records)
+
+    plain, weighted = share(tmp_path / "plain"), share(tmp_path / "mc", task_weights={"mc": 20.0})
+    assert weighted > 0.5 > 0.25 > plain
+    with pytest.raises(ValueError, match=r"task_weights\['mc'\] must be >= 0"):
+        WorldSpec(task_weights={"mc": -1.0})
+    with pytest.raises(ValueError, match="unknown task 'poetry'"):
+        WorldSpec(task_weights={"poetry": 1.0})

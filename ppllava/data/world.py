@@ -32,7 +32,16 @@ class WorldSpec:
     max_objects: int = 4
     long_frames: Sequence[int] = (16, 64, 256)  # lengths of the needle videos
     needle_frames: Sequence[int] = (1, 2)  # how long the asked-about object is visible
+    task_weights: Optional[Dict[str, float]] = None  # None: tasks equally likely; {"mc": 10}: ten times more MC
     seed: int = 0
+
+    def __post_init__(self) -> None:
+        known = set(VIDEO_TASKS) | set(IMAGE_TASKS)
+        for task, weight in (self.task_weights or {}).items():
+            if task not in known:
+                raise ValueError(f"WorldSpec.task_weights: unknown task {task!r}; tasks are {sorted(known)}")
+            if not weight >= 0:
+                raise ValueError(f"WorldSpec.task_weights[{task!r}] must be >= 0, got {weight}")
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
@@ -52,8 +61,15 @@ def _conversation(media_tokens: str, question: str, answer: str) -> List[Dict[st
     return [{"from": "human", "value": f"{media_tokens}\n{question}"}, {"from": "gpt", "value": answer}]
 
 
-def _pick(rng, tasks, scene, media):
-    for t in rng.permutation(len(tasks)):
+def _pick(rng, tasks, scene, media, weights: Optional[Dict[str, float]] = None):
+    """The first task, in a random order, that the scene supports; `weights` (task -> relative
+    weight, 1 for tasks not named) skews that order, e.g. {"mc": 10} for ten times more multiple choice."""
+    if weights:
+        p = np.array([float(weights.get(t, 1.0)) for t in tasks])
+        order = rng.choice(len(tasks), size=len(tasks), replace=False, p=p / p.sum())
+    else:
+        order = rng.permutation(len(tasks))
+    for t in order:
         try:
             return ask(rng, scene, tasks[t], media)
         except ValueError:  # the scene cannot support this task: take the next
@@ -77,7 +93,7 @@ class WorldWriter:
         frames, masks = render(scene)
         name = f"{split}-{index:06d}" + (f"-long{num_frames}" if needle else "")
         write_video(self.root / "videos" / f"{name}.mp4", frames, spec.fps)
-        q = ask(rng, scene, "colour", "video", target=0) if needle else _pick(rng, VIDEO_TASKS, scene, "video")
+        q = ask(rng, scene, "colour", "video", target=0) if needle else _pick(rng, VIDEO_TASKS, scene, "video", spec.task_weights)
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),
                   "task": "needle" if needle else q.task, "frames": num_frames, "fps": spec.fps,
@@ -98,7 +114,7 @@ class WorldWriter:
         frames, masks = render(scene)
         name = f"{split}-{index:06d}"
         Image.fromarray(frames[0]).save(self.root / "images" / f"{name}.png")
-        q = _pick(rng, IMAGE_TASKS, scene, "image")
+        q = _pick(rng, IMAGE_TASKS, scene, "image", self.spec.task_weights)
         return {"id": name, "image": f"images/{name}.png", "conversations": _conversation("<image>", q.question, q.answer),
                 "task": q.task, "objects": [o.name for o in scene.objects], "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                                           "shape": scene.objects[q.target].shape},
@@ -187,8 +203,12 @@ def main(argv=None) -> None:
     parser.add_argument("--long-frames", type=int, nargs="*", default=[16, 64, 256])
     parser.add_argument("--long-per-length", type=int, default=30)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--task-weight", nargs="*", default=[], metavar="TASK=WEIGHT",
+                        help="skew the question mix, e.g. mc=10 (others weigh 1)")
     args = parser.parse_args(argv)
-    spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames), seed=args.seed)
+    weights = {k: float(v) for k, _, v in (item.partition("=") for item in args.task_weight)} or None
+    spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames),
+                     task_weights=weights, seed=args.seed)
     counts = write_world(args.out, spec, train=args.train, val=args.val, test=args.test,
                          long_per_length=args.long_per_length if args.long_frames else 0)
     print(json.dumps(counts))

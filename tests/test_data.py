@@ -281,3 +281,19 @@ def test_task_weights_skew_the_mix_and_default_to_uniform(tmp_path):
         WorldSpec(task_weights={"mc": -1.0})
     with pytest.raises(ValueError, match="unknown task 'poetry'"):
         WorldSpec(task_weights={"poetry": 1.0})
+
+
+def test_preference_pairs_stay_paired_when_bad_records_are_skipped(world, tokenizer, tmp_path):
+    from ppllava.data.preference import PreferenceDataset
+
+    pairs = [json.loads(line) for line in (world / "train_dpo.jsonl").read_text().splitlines()][:2]
+    no_media = {"id": "no-media", "prompt": "what colour is the star ?", "chosen": "red", "rejected": "blue"}
+    path = world / "mixed_dpo.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in [pairs[0], no_media, pairs[1]]))
+    ds = PreferenceDataset(path, CONFIG, tokenizer, skip_bad=True)
+    assert len(ds) == 2 and len(ds.base.invalid) == 1
+    item = ds[1]
+    assert item["chosen"].id == pairs[1]["id"]
+    rejected = tokenizer.decode([t for t, l in zip(item["rejected"].input_ids, item["rejected"].labels) if l != IGNORE],
+                                skip_special_tokens=True)
+    assert rejected.split() == pairs[1]["rejected"].split()

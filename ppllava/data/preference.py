@@ -27,11 +27,13 @@ class PreferenceDataset(Dataset):
 
     def __init__(self, annotations: Union[str, Path], config, tokenizer, **dataset_kwargs):
         self.source = str(annotations)
-        raw = read_records(annotations)
-        self.pairs = raw
-        self.base = LLaVADataset([_conversation(r, "chosen", self.source) for r in raw], config, tokenizer,
+        # The rejected turns ride in the chosen record, so they stay paired with it even when
+        # skip_bad drops records from the base dataset.
+        records = [{**_conversation(r, "chosen", self.source),
+                    "rejected_conversations": _conversation(r, "rejected", self.source)["conversations"]}
+                   for r in read_records(annotations)]
+        self.base = LLaVADataset(records, config, tokenizer,
                                  media_root=dataset_kwargs.pop("media_root", Path(annotations).parent), **dataset_kwargs)
-        self.rejected_turns = [_conversation(r, "rejected", self.source)["conversations"] for r in raw]
 
     def __len__(self) -> int:
         return len(self.base)
@@ -40,7 +42,8 @@ class PreferenceDataset(Dataset):
         chosen = self.base[index]
         if not isinstance(chosen, Sample):  # a counted skip
             return chosen
-        ids, labels = encode_conversation(self.rejected_turns[index], self.base.tokenizer, self.base.template, chosen.id)
+        ids, labels = encode_conversation(chosen.record["rejected_conversations"], self.base.tokenizer,
+                                          self.base.template, chosen.id)
         frames = [chosen.pixels.shape[0]] if chosen.kind == "video" else []
         expanded = self.base.layout.expand_placeholders(ids, image_sizes=chosen.image_sizes,
                                                         image_crops=chosen.image_crops, video_frames=frames)

@@ -31,13 +31,10 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
     model.eval()
     tokenizer = dataset.tokenizer
     collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left")
-    chosen = set(range(len(dataset))) if indices is None else set(indices)
-    kinds = [k if i in chosen else "__skip__" for i, k in enumerate(dataset.kinds)]
+    chosen = list(range(len(dataset))) if indices is None else sorted(set(indices))
     results = []
-    for batch_indices in MediaBatchSampler(kinds, batch_size, shuffle=False):
-        if dataset.kinds[batch_indices[0]] != kinds[batch_indices[0]]:
-            continue
-        samples = [dataset[i] for i in batch_indices]
+    for positions in MediaBatchSampler([dataset.kinds[i] for i in chosen], batch_size, shuffle=False):
+        samples = [dataset[chosen[p]] for p in positions]
         batch = collate([_prompt_only(s) for s in samples])
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
         new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
@@ -79,14 +76,21 @@ def preference_scores(model, pairs, *, batch_size: int = 8) -> Dict[str, float]:
 
 
 @torch.no_grad()
+def batch_pointing(model, batch) -> torch.Tensor:
+    """Pointing accuracy on one CLIP-pairs batch: is the most relevant patch on the named object?"""
+    g = model.patch_grid
+    patches = model._patch_embeds(model._patch_features(batch["pixel_values"]))
+    r, _ = prompt_relevance(patches.view(len(patches), 1, g, g, -1), model.encode_prompts(batch["clip_input_ids"]),
+                            model.logit_scale)
+    return pointing_accuracy(r[:, 0], batch["masks"])
+
+
+@torch.no_grad()
 def pointing(model, loader) -> float:
-    """Pointing accuracy over a CLIP-pairs loader: is the most relevant patch on the named object?"""
+    """Pointing accuracy over a whole CLIP-pairs loader."""
     model.eval()
-    g, hits, total = model.patch_grid, 0.0, 0
+    hits, total = 0.0, 0
     for batch in loader:
-        patches = model._patch_embeds(model._patch_features(batch["pixel_values"]))
-        r, _ = prompt_relevance(patches.view(len(patches), 1, g, g, -1), model.encode_prompts(batch["clip_input_ids"]),
-                                model.logit_scale)
-        hits += float(pointing_accuracy(r[:, 0], batch["masks"])) * len(patches)
-        total += len(patches)
+        hits += float(batch_pointing(model, batch)) * len(batch["names"])
+        total += len(batch["names"])
     return hits / total

@@ -10,15 +10,14 @@ import torch
 from transformers import get_cosine_schedule_with_warmup
 
 from ppllava.data.dataset import model_inputs
+from ppllava.evaluate import batch_pointing
 from ppllava.model import PPLLaVA
-from ppllava.ops import prompt_relevance
 from ppllava.train.config import TrainConfig
 from ppllava.train.losses import (
     contrastive_loss,
     dpo_loss,
     fine_grained_logits,
     global_logits,
-    pointing_accuracy,
     sequence_logprobs,
     token_accuracy,
 )
@@ -89,33 +88,25 @@ class _Stage(L.LightningModule):
 class ClipPretrainModule(_Stage):
     """Fine-grained (or global) CLIP post-pretraining; pointing accuracy on validation."""
 
-    def _embeddings(self, batch):
+    def _logits(self, batch) -> torch.Tensor:
         m = self.model
         text = m.encode_prompts(batch["clip_input_ids"])
         if self.train_config.clip_loss == "global":
             image = m.visual_projection(m.vision_tower(pixel_values=batch["pixel_values"]).pooler_output)
-            return global_logits(image, text, m.logit_scale), None
+            return global_logits(image, text, m.logit_scale)
         patches = m._patch_embeds(m._patch_features(batch["pixel_values"]))  # (B, g*g, Dc)
-        return fine_grained_logits(patches, text, m.logit_scale), (patches, text)
+        return fine_grained_logits(patches, text, m.logit_scale)
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # as CLIP does: tau = exp(logit_scale) never above 100
             self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     def _step(self, batch, stage):
-        logits, _ = self._embeddings(batch)
-        loss = contrastive_loss(logits, batch["positives"])
+        loss = contrastive_loss(self._logits(batch), batch["positives"])
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch["names"]))
         if stage == "val":
-            self.log("val/pointing", self.pointing(batch), prog_bar=True, batch_size=len(batch["names"]))
+            self.log("val/pointing", batch_pointing(self.model, batch), prog_bar=True, batch_size=len(batch["names"]))
         return loss
-
-    @torch.no_grad()
-    def pointing(self, batch) -> torch.Tensor:
-        m, g = self.model, self.model.patch_grid
-        patches = m._patch_embeds(m._patch_features(batch["pixel_values"])).view(-1, 1, g, g, m.clip_text_config.projection_dim)
-        r, _ = prompt_relevance(patches, m.encode_prompts(batch["clip_input_ids"]), m.logit_scale)
-        return pointing_accuracy(r[:, 0], batch["masks"])
 
 
 class SFTModule(_Stage):

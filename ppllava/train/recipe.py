@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Dict
 
+from torch.utils.data import DataLoader
+
 from ppllava.data.clip_pairs import ClipPairCollator, ClipPairDataset
 from ppllava.data.dataset import LLaVADataset
 from ppllava.data.preference import PreferenceDataset
@@ -62,15 +64,12 @@ def main(argv=None) -> Dict[str, object]:
 
     world = out / "world"
     tokenizer = build_world_tokenizer()
-    clip_loader = None
     pointing_scores = {}
     for name in ("clip", "clip_global"):
         model = load_pretrained(out / name / "model")
         pairs = ClipPairDataset(world / "test.json", model.config.image_size, model.config.patch_size)
-        from torch.utils.data import DataLoader
-
-        clip_loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.clip_context))
-        pointing_scores[name] = pointing(model, clip_loader)
+        loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.clip_context))
+        pointing_scores[name] = pointing(model, loader)
     results["pointing"] = pointing_scores
 
     sft = load_pretrained(out / "sft2" / "model")

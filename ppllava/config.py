@@ -58,7 +58,7 @@ class PPLLaVAConfig:
     # --- LLM ------------------------------------------------------------------------------
     llm_family: str = "llama"  # llama (Vicuna) | qwen2
     llm_hidden: int = 128
-    llm_layers: int = 2
+    llm_layers: int = 4  # 2 layers never learned the in-context option lookup behind a system prompt
     llm_heads: int = 4
     llm_kv_heads: int = 4
     llm_intermediate: int = 256

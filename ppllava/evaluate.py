@@ -3,20 +3,25 @@ pointing accuracy of the CLIP relevance, DPO preference accuracy and hallucinati
 from __future__ import annotations
 
 import dataclasses
+import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
 
+from ppllava.data.clip_pairs import patch_mask
 from ppllava.data.conversation import IGNORE
 from ppllava.data.datamodules import MediaBatchSampler
 from ppllava.data.dataset import Collator, LLaVADataset, Sample, model_inputs
+from ppllava.data.video import sample_indices
 from ppllava.ops import prompt_relevance
 from ppllava.train.losses import pointing_accuracy, sequence_logprobs
 
 
-def _normalise(text: str) -> str:
-    return " ".join(text.replace("</s>", " ").split()).lower()
+def normalise_answer(text: str) -> str:
+    """Lower case, single spaces, punctuation spaced alike ("red, so B" == "red , so B")."""
+    text = re.sub(r"\s*([,.?!:;])\s*", r" \1 ", text.replace("</s>", " "))
+    return " ".join(text.split()).lower()
 
 
 def _prompt_only(sample: Sample) -> Sample:
@@ -24,10 +29,33 @@ def _prompt_only(sample: Sample) -> Sample:
     return dataclasses.replace(sample, input_ids=sample.input_ids[:start], labels=[IGNORE] * start)
 
 
+def oracle_relevance(record: dict, num_frames: int, image_size: int, patch_size: int) -> torch.Tensor:
+    """The world's ground truth as a relevance map, (T, g, g) float32 summing to 1: uniform over the
+    patches of the asked-about object (its per-frame boxes, at the frames the dataset samples), or
+    uniform over the whole video when the question names no object (count, caption) or the object is
+    never seen, where it reduces prompt-guided pooling to the plain window mean."""
+    g = image_size // patch_size
+    mask = torch.zeros(num_frames, g, g)
+    boxes = record.get("boxes")
+    if boxes:
+        indices, _ = sample_indices(len(boxes), num_frames)
+        for t, i in enumerate(indices):
+            if boxes[i] is not None:
+                mask[t] = patch_mask(boxes[i], image_size, patch_size).float()
+    if mask.sum() == 0:
+        mask.fill_(1.0)
+    return mask / mask.sum()
+
+
 @torch.no_grad()
 def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_new_tokens: int = 12,
-                     indices: Optional[Iterable[int]] = None) -> List[Dict[str, str]]:
-    """Greedy answers to each record's question: [{"id", "task", "answer", "predicted"}]."""
+                     indices: Optional[Iterable[int]] = None, relevance: str = "model") -> List[Dict[str, str]]:
+    """Greedy answers to each record's question: [{"id", "kind", "task", "answer", "predicted"}].
+
+    relevance: "model" (the CLIP towers score the prompt, as at inference) or "oracle" (videos are
+    pooled by `oracle_relevance` of their record: what perfect alignment would give)."""
+    if relevance not in ("model", "oracle"):
+        raise ValueError(f"relevance must be 'model' or 'oracle', got {relevance!r}")
     model.eval()
     tokenizer = dataset.tokenizer
     collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left")
@@ -37,19 +65,34 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
         samples = [dataset[chosen[p]] for p in positions]
         batch = collate([_prompt_only(s) for s in samples])
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        if relevance == "oracle" and "pixel_values_videos" in inputs:
+            cfg = model.config
+            inputs["video_relevance"] = torch.stack([
+                oracle_relevance(s.record, inputs["pixel_values_videos"].shape[1], cfg.image_size, cfg.patch_size)
+                for s in samples if s.kind == "video"]).to(model.device)
         new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id)
         for s, tokens in zip(samples, new):
-            results.append({"id": s.id, "task": s.record.get("task", "?"), "answer": s.record["conversations"][-1]["value"],
+            results.append({"id": s.id, "kind": s.kind, "task": s.record.get("task", "?"),
+                            "answer": s.record["conversations"][-1]["value"],
                             "predicted": tokenizer.decode(tokens, skip_special_tokens=True)})
     return results
+
+
+def accuracy_by_length(results: List[Dict[str, str]], records: Sequence[dict]) -> Dict[int, float]:
+    """Exact-match accuracy per video length (the records' "frames"), e.g. of needle questions."""
+    frames = {str(r["id"]): int(r["frames"]) for r in records}
+    hits: Dict[int, List[bool]] = defaultdict(list)
+    for r in results:
+        hits[frames[r["id"]]].append(normalise_answer(r["predicted"]) == normalise_answer(r["answer"]))
+    return {length: sum(v) / len(v) for length, v in sorted(hits.items())}
 
 
 def accuracy_by_task(results: List[Dict[str, str]]) -> Dict[str, float]:
     """Exact-match accuracy per task and overall ("all")."""
     hits: Dict[str, List[bool]] = defaultdict(list)
     for r in results:
-        ok = _normalise(r["predicted"]) == _normalise(r["answer"])
+        ok = normalise_answer(r["predicted"]) == normalise_answer(r["answer"])
         hits[r["task"]].append(ok)
         hits["all"].append(ok)
     return {task: sum(v) / len(v) for task, v in sorted(hits.items())}
@@ -70,7 +113,7 @@ def preference_scores(model, pairs, *, batch_size: int = 8) -> Dict[str, float]:
             logps.append(sequence_logprobs(model(**model_inputs(batch)).logits, batch["labels"]))
         prefer += (logps[0] > logps[1]).tolist()
     answers = generate_answers(model, pairs.base, batch_size=batch_size)
-    wrong = [_normalise(a["predicted"]) != _normalise(a["answer"]) for a in answers]
+    wrong = [normalise_answer(a["predicted"]) != normalise_answer(a["answer"]) for a in answers]
     return {"preference_accuracy": sum(prefer) / len(prefer), "hallucination_rate": sum(wrong) / len(wrong),
             "pairs": float(len(prefer))}
 

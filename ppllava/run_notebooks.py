@@ -3,6 +3,8 @@
     python -m ppllava.run_notebooks                 # all notebooks -> runs/<timestamp>/
     python -m ppllava.run_notebooks --smoke --only 00_operations --out /tmp/run
 
+Notebooks that need trained models share run_dir/artifacts (the tiny recipe's stages, trained by the
+first notebook that asks and reused by the rest; `--artifacts` points at an earlier run's instead).
 Each notebook NAME gets `runs/<ts>/NAME.ipynb` (executed) and `runs/<ts>/NAME/` (its figures and
 `metrics.json`, written by its last cell); `runs/<ts>/index.html` links them all with their metrics.
 """
@@ -34,11 +36,17 @@ def notebook_paths(only: Optional[List[str]] = None) -> List[Path]:
     return paths
 
 
-def execute(notebook: Path, run_dir: Path, smoke: bool, parameters: Optional[Dict] = None) -> Dict:
-    """Run one notebook; returns its entry for the index (status, seconds, metrics)."""
+def execute(notebook: Path, run_dir: Path, smoke: bool, parameters: Optional[Dict] = None,
+            artifacts: Optional[Path] = None) -> Dict:
+    """Run one notebook; returns its entry for the index (status, seconds, metrics).
+
+    Notebooks that train share `artifacts` (default run_dir/artifacts): what one trained, the next reuses."""
     out_dir = run_dir / notebook.stem
     out_dir.mkdir(parents=True, exist_ok=True)
-    params = {"smoke": smoke, "out_dir": str(out_dir), **(parameters or {})}
+    params = {"smoke": smoke, "out_dir": str(out_dir), "artifacts_dir": str(artifacts or run_dir / "artifacts"),
+              **(parameters or {})}
+    declared = papermill.inspect_notebook(str(notebook))
+    params = {k: v for k, v in params.items() if k in declared}  # only what the notebook's parameters cell names
     start = time.perf_counter()
     entry = {"name": notebook.stem, "notebook": f"{notebook.stem}.ipynb", "status": "ok", "error": None}
     try:
@@ -78,13 +86,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--out", type=Path, help="run directory (default runs/<timestamp>)")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and few steps, as the tests run them")
     parser.add_argument("--only", nargs="+", help="notebook names without .ipynb, e.g. 00_operations")
+    parser.add_argument("--artifacts", type=Path,
+                        help="reuse the trained stages of an earlier run, e.g. runs/20261125-120000/artifacts")
     args = parser.parse_args(argv)
     run_dir = args.out or ROOT / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     entries = []
     for notebook in notebook_paths(args.only):
         print(f"[ppllava] {notebook.name} ...", flush=True)
-        entry = execute(notebook, run_dir, args.smoke)
+        entry = execute(notebook, run_dir, args.smoke, artifacts=args.artifacts)
         print(f"[ppllava] {notebook.name}: {entry['status']} in {entry['seconds']} s"
               + (f" ({entry['error']})" if entry["error"] else ""), flush=True)
         entries.append(entry)

@@ -128,3 +128,38 @@ def test_long_prompt_is_truncated_with_a_warning_that_counts():
         ids = tokenize_clip_prompts(["a red star"], TOKENIZER, 248)
     # Same ids as open_clip's own tokenizer where nothing is cut.
     torch.testing.assert_close(ids, TOKENIZER(["a red star"], context_length=248))
+
+
+def test_a_model_trained_at_77_positions_stretches_to_248_and_saves_so(tmp_path):
+    import open_clip
+
+    from ppllava.config import PPLLaVAConfig
+    from ppllava.model import PPLLaVA, load_pretrained
+    from ppllava.ops import tokenize_clip_prompts
+
+    torch.manual_seed(0)
+    model = PPLLaVA(PPLLaVAConfig.from_name("tiny", extend_clip_context=False)).eval()
+    tok = open_clip.get_tokenizer("ViT-B-32")
+    short = tokenize_clip_prompts(["a red star"], tok, 77)
+    before = model.encode_prompts(short)
+    model.extend_clip_context("interpolate")
+    assert model.config.extend_clip_context and model.config.text_context_length == 248
+    assert model.clip_text.embeddings.position_embedding.weight.shape[0] == 248
+    torch.testing.assert_close(model.encode_prompts(short), before)  # the first 20 rows are kept as they were
+    with pytest.raises(ValueError, match="already extended"):
+        model.extend_clip_context()
+    long = tokenize_clip_prompts([" ".join(["red"] * 150) + " a star"], tok, 248)
+    model.save_pretrained(tmp_path / "m")
+    torch.testing.assert_close(load_pretrained(tmp_path / "m").eval().encode_prompts(long), model.encode_prompts(long))
+
+
+def test_clip_pairs_can_put_dialogue_before_the_name():
+    from ppllava.data.clip_pairs import DIALOGUE, ClipPairCollator, dialogue_filler
+
+    assert dialogue_filler(0) == "" and dialogue_filler(len(DIALOGUE) + 2).split()[-2:] == DIALOGUE[:2]
+    with pytest.raises(ValueError, match=">= 0"):
+        dialogue_filler(-1)
+    collate = ClipPairCollator(248, filler=(40, 40))
+    assert collate._text("a red star") == dialogue_filler(40) + " a red star"
+    with pytest.raises(ValueError, match="lo <= hi"):
+        ClipPairCollator(77, filler=(5, 2))

@@ -9,7 +9,7 @@ import torch
 from ppllava.config import PPLLaVAConfig
 from ppllava.data.conversation import IGNORE, TEMPLATES, clip_prompt_text, encode_conversation
 from ppllava.data.datamodules import DPODataModule, MediaBatchSampler, SFTDataModule, ClipPairsDataModule
-from ppllava.data.dataset import Collator, LLaVADataset, model_inputs
+from ppllava.data.dataset import Collator, LLaVADataset, media_kind, model_inputs
 from ppllava.data.scenes import COLOURS, random_scene, render
 from ppllava.data.tokenizer import SPECIAL_TOKENS, build_world_tokenizer, load_tokenizer
 from ppllava.data.video import MediaError, get_reader, sample_indices
@@ -34,14 +34,39 @@ def test_world_files_and_annotations(world):
     meta = json.loads((world / "world.json").read_text())
     assert meta["counts"]["train"]["records"] == 24 and meta["counts"]["long"]["records"] == 4
     train = json.loads((world / "train.json").read_text())
-    kinds = {next(k for k in ("video", "image", "images") if k in r) for r in train}
-    assert kinds == {"video", "image", "images"}
+    kinds = {next((k for k in ("video", "image", "images") if k in r), "text") for r in train}
+    assert kinds == {"video", "image", "images", "text"}
     for r in train:
         assert r["conversations"][0]["from"] == "human" and r["conversations"][1]["from"] == "gpt"
-        media = [r["video"]] if "video" in r else [r["image"]] if "image" in r else r["images"]
+        media = [r["video"]] if "video" in r else [r["image"]] if "image" in r else r.get("images", [])
         assert all((world / m).is_file() for m in media)
     dpo = [json.loads(line) for line in (world / "train_dpo.jsonl").read_text().splitlines()]
     assert dpo and all(d["chosen"] != d["rejected"] and d["prompt"] for d in dpo)
+
+
+def test_text_records_are_option_lookups_with_their_answer_among_the_options(world, tokenizer):
+    text = [r for r in json.loads((world / "train.json").read_text()) if r["task"] == "lookup"]
+    assert text and all(media_kind(r) == "text" for r in text)
+    for r in text:
+        word, _, letter = r["conversations"][1]["value"].rpartition(" , so ")
+        assert r["options"]["ABCD".index(letter)] == word and r["options"].count(word) == 1
+        assert f"{letter} {word}" in r["conversations"][0]["value"]
+    sample = LLaVADataset(world / "train.json", CONFIG, tokenizer)[next(i for i, r in enumerate(
+        json.loads((world / "train.json").read_text())) if r["task"] == "lookup")]
+    assert sample.kind == "text" and sample.pixels is None and tokenizer.unk_token_id not in sample.input_ids
+
+
+def test_needle_world_has_one_length_and_a_short_visible_object(tmp_path):
+    from ppllava.data.world import write_needle_world
+
+    counts = write_needle_world(tmp_path / "needle", 16, train=3, val=1, test=2, progress=False)
+    assert counts == {"train": {"records": 3}, "val": {"records": 1}, "test": {"records": 2}}
+    records = json.loads((tmp_path / "needle" / "test.json").read_text())
+    train_ids = {r["id"] for r in json.loads((tmp_path / "needle" / "train.json").read_text())}
+    for r in records:
+        assert r["frames"] == 16 and 1 <= len(r["needle_frames"]) <= 2 and r["id"] not in train_ids
+        seen = [t for t, box in enumerate(r["boxes"]) if box is not None]
+        assert seen == r["needle_frames"]
 
 
 def test_videos_read_back_with_the_colours_in_their_boxes(world):
@@ -195,7 +220,7 @@ def _bad_world(world, tmp_path):
         ("missing", {**video, "id": "missing", "video": "videos/nowhere.mp4"}, "nowhere.mp4"),
         ("corrupt", {**video, "id": "corrupt", "video": "videos/corrupt.mp4"}, "corrupt.mp4"),
         ("empty", {**video, "id": "empty", "video": "videos/empty.mp4"}, "empty.mp4"),
-        ("unknown key", {"id": "audio", "audio": "a.wav", "conversations": turns}, "no media key"),
+        ("unknown key", {"id": "audio", "audio": "a.wav", "conversations": turns}, "media placeholders but no media key"),
         ("no answer", {**video, "id": "mute", "conversations": turns[:1]}, "no answer"),
         ("too long", {**video, "id": "long", "conversations": [turns[0], {"from": "gpt", "value": "red " * 3000}]}, "past max_length"),
     ]

@@ -150,9 +150,13 @@ def test_batched_generation_with_left_padding_matches_one_by_one():
     sampled = model.generate(ids, mask, pixel_values_videos=vids, clip_input_ids=prompts, max_new_tokens=6,
                              do_sample=True, temperature=1.5)
     assert sampled.shape == (2, 6)
+    # eos: a token a row produces for the first time after its first step, so that row must stop there
+    i, j = next((i, j) for i, row in enumerate(batched.tolist()) for j in range(1, len(row)) if row[j] not in row[:j])
+    row = batched[i].tolist()
     stopped = model.generate(ids, mask, pixel_values_videos=vids, clip_input_ids=prompts, max_new_tokens=6,
-                             do_sample=False, eos_token_id=int(batched[0, 1]))
-    assert stopped.shape[1] <= 6 and int(stopped[0, 1]) == int(batched[0, 1])
+                             do_sample=False, eos_token_id=row[j])
+    assert stopped[i, : j + 1].tolist() == row[: j + 1]  # same tokens up to and including the eos ...
+    assert all(t == cfg.pad_token_id for t in stopped[i, j + 1 :].tolist())  # ... then padding
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -4,7 +4,7 @@ import torch
 from transformers import LlavaNextForConditionalGeneration, LlavaNextVideoForConditionalGeneration
 
 from ppllava.model import from_llava_next
-from tests.tiny_checkpoints import IMAGE_TOKEN, VIDEO_TOKEN, clip_dir, llava_next_dir, llava_next_video_dir
+from ppllava.model.tiny_checkpoints import IMAGE_TOKEN, VIDEO_TOKEN, clip_dir, llava_next_dir, llava_next_video_dir
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def test_released_ppllava_layout_brings_its_own_clip_side(checkpoints, tmp_path)
     from transformers import CLIPModel
 
     from ppllava.ops import tokenize_clip_prompts
-    from tests.tiny_checkpoints import released_ppllava_dir
+    from ppllava.model.tiny_checkpoints import released_ppllava_dir
 
     import open_clip
 

@@ -18,7 +18,67 @@ def check_00_operations(m):
     assert m["extended_positions"] == 248
 
 
-CHECKS = {"00_operations": check_00_operations}
+def check_01_tour(m):
+    assert m["visual_tokens"] == {"none": 128, "temporal_mean": 16, "spatial": 32, "adaptive": 16, "prompt": 16}
+    assert m["visual_tokens_answered"] == 16 and m["relevance_sum"] == pytest.approx(1, abs=1e-4)
+    assert m["parameters_paper"] > 7e9 > m["parameters_tiny"] and m["answer"] is not None
+
+
+def check_02_alignment(m):
+    assert set(m["pointing"]) == {"fine-grained", "global"} and all(0 <= v <= 1 for v in m["pointing"].values())
+    assert m["pairs"] > 0 and m["peak_s"]["tau_1000"] >= m["peak_s"]["tau_1"] and m["learned_tau"] > 0
+
+
+def check_03_pooling_ablations(m):
+    tokens = {mode: r["tokens"] for mode, r in m["headline"].items()}
+    assert tokens == {"prompt": 16, "none": 128, "temporal_mean": 16, "spatial": 32, "adaptive": 16,
+                      "prompt (oracle relevance)": 16}
+    budget = [r["tokens"] for k, r in m["ablations_inference_time"].items() if k.startswith("budget")]
+    assert budget == [4, 8, 16, 32, 64]
+    for r in [*m["headline"].values(), *m["ablations_inference_time"].values()]:
+        assert 0 <= r["video"] <= 1 and 0 <= r["all"] <= 1 and r["answers_per_s"] > 0
+
+
+def check_04_context_extension(m):
+    assert m["truncated_at_77"] == [False, True] and m["prompt_tokens"][0] < 77 < m["prompt_tokens"][-1]
+    assert len(m["pointing"]) == 5 and all(0 <= v <= 1 for curve in m["pointing"].values() for v in curve)
+
+
+def check_05_sft(m):
+    assert 0 <= m["accuracy"]["all"] <= 1 and m["test_records"] > 0 and m["steps"] >= 1
+    assert set(m["batches_per_kind"]) <= {"video", "image", "multi", "text"} and m["median_tokens_per_s"] > 0
+
+
+def check_06_dpo(m):
+    for side in ("before", "after"):
+        assert 0 <= m[side]["preference_accuracy"] <= 1 and 0 <= m[side]["hallucination_rate"] <= 1
+        assert m[side]["pairs"] > 0
+
+
+def check_07_long_video(m):
+    assert m["tokens_per_video"] == 16
+    for length in m["lengths"]:
+        rows = {r["mode"]: r["accuracy"] for r in m["needle"] if r["frames"] == length}
+        assert set(rows) == {"temporal_mean", "adaptive", "prompt", "prompt (oracle relevance)"}
+        assert all(0 <= v <= 1 for v in rows.values())
+    assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
+
+
+def check_08_chat(m):
+    assert m["turns"] > m["scored_questions"] > 0 and 0 <= m["scored_correct"] <= m["scored_questions"]
+    assert all(s == pytest.approx(1, abs=1e-4) for s in m["relevance_sums"])
+
+
+def check_09_real_checkpoints(m):
+    assert m["checked"] == "tiny checkpoints in the real formats"
+    assert m["parity_max_abs_logit_diff"] < 1e-4 and m["released_clip_differs"] is True
+    assert m["text_context"] == 248 and m["visual_tokens"] < m["video_frames"] * 16
+
+
+CHECKS = {"00_operations": check_00_operations, "01_tour": check_01_tour, "02_alignment": check_02_alignment,
+          "03_pooling_ablations": check_03_pooling_ablations, "04_context_extension": check_04_context_extension,
+          "05_sft": check_05_sft, "06_dpo": check_06_dpo, "07_long_video": check_07_long_video, "08_chat": check_08_chat,
+          "09_real_checkpoints": check_09_real_checkpoints}
 
 
 def test_every_notebook_has_a_check_and_a_parameters_cell():
@@ -31,9 +91,15 @@ def test_every_notebook_has_a_check_and_a_parameters_cell():
         assert all(not c.get("outputs") for c in nb.cells if c.cell_type == "code"), f"{path.name} is committed with outputs"
 
 
+@pytest.fixture(scope="module")
+def artifacts(tmp_path_factory):
+    """One smoke recipe for all notebooks, as the main job shares one run's artifacts."""
+    return tmp_path_factory.mktemp("artifacts")
+
+
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
-def test_notebook_runs_in_smoke_mode(path, tmp_path):
-    entry = execute(path, tmp_path, smoke=True)
+def test_notebook_runs_in_smoke_mode(path, tmp_path, artifacts):
+    entry = execute(path, tmp_path, smoke=True, artifacts=artifacts)
     assert entry["status"] == "ok", entry["error"]
     metrics = json.loads((tmp_path / path.stem / "metrics.json").read_text())
     CHECKS[path.stem](metrics)

@@ -1,16 +1,37 @@
-"""The tiny recipe end to end at smoke size, and the scores it is judged by."""
+"""The tiny recipe end to end at smoke size, its cache of trained stages, and the scores it is judged by."""
 import json
 
+import pytest
 import torch
 
-from ppllava.evaluate import _prompt_only, accuracy_by_task
+from ppllava.evaluate import _prompt_only, accuracy_by_length, accuracy_by_task, oracle_relevance
+from ppllava.train.recipe import Recipe
 from ppllava.train.recipe import main as recipe
 
 
 def test_accuracy_by_task_is_exact_match():
     results = [{"task": "mc", "answer": "B", "predicted": " b "}, {"task": "mc", "answer": "B", "predicted": "C"},
-               {"task": "colour", "answer": "red", "predicted": "red </s>"}]
-    assert accuracy_by_task(results) == {"all": 2 / 3, "colour": 1.0, "mc": 0.5}
+               {"task": "colour", "answer": "red", "predicted": "red </s>"},
+               {"task": "mc", "answer": "red , so B", "predicted": "red, so B"}]
+    assert accuracy_by_task(results) == {"all": 3 / 4, "colour": 1.0, "mc": 2 / 3}
+
+
+def test_accuracy_by_length_groups_by_the_records_frames():
+    records = [{"id": "a", "frames": 16}, {"id": "b", "frames": 16}, {"id": "c", "frames": 64}]
+    results = [{"id": "a", "answer": "red", "predicted": "red"}, {"id": "b", "answer": "red", "predicted": "blue"},
+               {"id": "c", "answer": "red", "predicted": "red"}]
+    assert accuracy_by_length(results, records) == {16: 0.5, 64: 1.0}
+
+
+def test_oracle_relevance_covers_the_asked_object_or_everything():
+    boxes = [None, [16, 16, 48, 48], None, [0, 0, 20, 20]]
+    r = oracle_relevance({"boxes": boxes}, 4, 64, 16)
+    assert r.shape == (4, 4, 4) and float(r.sum()) == pytest.approx(1.0)
+    assert float(r[0].sum()) == 0 and float(r[2].sum()) == 0
+    assert torch.equal(r[1] > 0, torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]).bool())
+    assert int((r[3] > 0).sum()) == 1  # only the patch whose centre (8, 8) lies in the box
+    flat = oracle_relevance({"boxes": None}, 2, 64, 16)
+    assert torch.allclose(flat, torch.full((2, 4, 4), 1 / 32))
 
 
 def test_prompt_only_cuts_at_the_answer():
@@ -20,11 +41,60 @@ def test_prompt_only_cuts_at_the_answer():
     assert _prompt_only(sample).input_ids == [1, 7, 8]
 
 
-def test_recipe_runs_every_stage_and_scores_them(tmp_path):
-    results = recipe(["--out", str(tmp_path), "--smoke"])
-    saved = json.loads((tmp_path / "results.json").read_text())
-    assert set(saved["seconds"]) >= {"world", "clip", "clip_global", "sft1", "sft2", "dpo", "total"}
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("recipe")
+    return out, recipe(["--out", str(out), "--smoke"])
+
+
+def test_recipe_runs_every_stage_and_scores_them(smoke_run):
+    out, results = smoke_run
+    saved = json.loads((out / "results.json").read_text())
+    assert set(saved["seconds"]) >= {"world", "clip", "clip_global", "lm", "sft1", "sft2", "dpo", "evaluation", "total"}
     assert 0 <= saved["pointing"]["clip"] <= 1 and "all" in saved["sft_accuracy"]
     for side in ("dpo_before", "dpo_after"):
         assert 0 <= results[side]["preference_accuracy"] <= 1 and 0 <= results[side]["hallucination_rate"] <= 1
-    assert (tmp_path / "results.md").read_text().startswith("| measure | value |")
+    assert (out / "results.md").read_text().startswith("| measure | value |")
+
+
+def test_recipe_reuses_what_it_trained_and_refuses_to_mix_runs(smoke_run):
+    out, _ = smoke_run
+    again = Recipe(out, smoke=True)
+    assert again.model_dir("dpo") == out / "dpo" / "model" and again.seconds == {}  # nothing retrained
+    with pytest.raises(ValueError, match="recipe.json"):
+        Recipe(out, smoke=False).world
+    path = again.variant("sft2-adaptive", "sft2", model={"pooling": "adaptive", "video_output_size": (4, 2, 2)})
+    assert "sft2-adaptive" in again.seconds and again.model("sft2-adaptive").config.pooling == "adaptive"
+    assert again.variant("sft2-adaptive", "sft2", model={"pooling": "adaptive", "video_output_size": (4, 2, 2)}) == path
+    with pytest.raises(ValueError, match="another config"):
+        again.variant("sft2-adaptive", "sft2", model={"pooling": "adaptive", "video_output_size": (2, 2, 2)})
+    with pytest.raises(ValueError, match="one of the recipe's stages"):
+        again.variant("sft2", "sft2")
+
+
+def test_training_logs_read_back(smoke_run):
+    from ppllava.train.run import read_logs
+
+    out, _ = smoke_run
+    rows = read_logs(out / "sft2")
+    assert [r["step"] for r in rows if "train/loss" in r] == [0, 1, 2]
+    with pytest.raises(FileNotFoundError, match="metrics.csv"):
+        read_logs(out / "nowhere")
+
+
+def test_video_chat_answers_with_the_relevance_of_its_question(smoke_run):
+    from ppllava.chat import VideoChat
+    from ppllava.data.dataset import read_records
+
+    out, _ = smoke_run
+    record = next(r for r in read_records(out / "world" / "test.json") if "video" in r)
+    chat = VideoChat(Recipe(out, smoke=True).model("sft2"), out / "world" / record["video"])
+    turn = chat.ask("what colour is the star ?")
+    other = chat.ask("what colour is the circle ?")
+    assert turn.relevance.shape == (8, 4, 4) and float(turn.relevance.sum()) == pytest.approx(1, abs=1e-5)
+    assert not torch.allclose(turn.relevance, other.relevance)  # each question pools by its own map
+    assert turn.visual_tokens == 16 and len(chat.history) == 2 and isinstance(turn.answer, str)
+    with pytest.raises(ValueError, match="zebra"):
+        chat.ask("what colour is the zebra ?")
+    with pytest.raises(FileNotFoundError, match="nowhere.mp4"):
+        VideoChat(chat.model, out / "nowhere.mp4")

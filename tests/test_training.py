@@ -23,7 +23,7 @@ CONFIGS = sorted((ROOT / "configs").glob("*/*.yaml"))
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
     root = tmp_path_factory.mktemp("world")
-    write_world(root, WorldSpec(), train=32, val=8, test=0, long_per_length=0, progress=False)
+    write_world(root, WorldSpec(), train=32, val=16, test=0, long_per_length=0, progress=False)
     return root
 
 
@@ -61,9 +61,9 @@ def test_stage_one_trains_the_projector_only(world, tmp_path):
 
 
 def test_clip_sft_lora_and_dpo_stages_run(world, tmp_path):
-    clip = run(tiny_cfg(world, tmp_path, "clip", batch_size=16, max_steps=3))
+    clip = run(tiny_cfg(world, tmp_path, "clip", max_steps=3))
     assert 0.0 <= clip["val/pointing"] <= 1.0
-    glob = run(tiny_cfg(world, tmp_path, "clip", run_dir=str(tmp_path / "global"), clip_loss="global", batch_size=16, max_steps=2))
+    glob = run(tiny_cfg(world, tmp_path, "clip", run_dir=str(tmp_path / "global"), clip_loss="global", max_steps=2))
     assert "val/pointing" in glob
     sft = run(tiny_cfg(world, tmp_path, "sft2", max_steps=3, lora_rank=4, init_from=str(tmp_path / "clip" / "model")))
     assert sft["train/token_accuracy"] >= 0.0 and sft["train/tokens_per_s"] > 0

@@ -69,22 +69,48 @@ class ClipPairDataset(Dataset):
                 "mask": patch_mask(record["boxes"][frame], self.image_size, self.patch_size)}
 
 
+# Earlier dialogue that names no object: what sits before the question in a long CLIP prompt
+# (PPLLaVA's released training feeds CLIP the whole conversation, system prompt included).
+DIALOGUE = ("a chat between a curious human and an artificial intelligence assistant . the assistant gives helpful , "
+            "detailed , and polite answers to the human's questions . user : describe the video . assistant : "
+            "there are a few objects . user : how many objects are there ? assistant : three . user :").split()
+
+
+def dialogue_filler(words: int) -> str:
+    """`words` words of object-free dialogue (the DIALOGUE text, repeated as needed)."""
+    if words < 0:
+        raise ValueError(f"filler words must be >= 0, got {words}")
+    return " ".join(DIALOGUE[i % len(DIALOGUE)] for i in range(words))
+
+
 class ClipPairCollator:
     """Stacks pixels and masks, tokenizes texts for CLIP, and marks every (image, text) pair whose
-    text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE."""
+    text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE.
 
-    def __init__(self, context_length: int = 77, clip_tokenizer=None):
+    `filler` (lo, hi): put lo..hi words of object-free dialogue before each name (drawn per item
+    from `seed`), so the name sits deep in a long prompt, as in a multi-turn conversation."""
+
+    def __init__(self, context_length: int = 77, clip_tokenizer=None, filler: Sequence[int] = (0, 0), seed: int = 0):
         if clip_tokenizer is None:
             import open_clip
 
             clip_tokenizer = open_clip.get_tokenizer("ViT-B-32")
+        if len(filler) != 2 or not 0 <= filler[0] <= filler[1]:
+            raise ValueError(f"filler must be (lo, hi) with 0 <= lo <= hi, got {tuple(filler)}")
         self.tokenizer, self.context = clip_tokenizer, context_length
+        self.filler, self.rng = tuple(filler), np.random.default_rng(seed)
+
+    def _text(self, text: str) -> str:
+        lo, hi = self.filler
+        words = lo if lo == hi else int(self.rng.integers(lo, hi + 1))
+        return f"{dialogue_filler(words)} {text}".strip()
 
     def __call__(self, items: Sequence[Dict[str, object]]) -> Dict[str, object]:
         from ppllava.ops import tokenize_clip_prompts
 
         positives = torch.tensor([[other["name"] in item["objects"] for other in items] for item in items])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-                "clip_input_ids": tokenize_clip_prompts([i["text"] for i in items], self.tokenizer, self.context),
+                "clip_input_ids": tokenize_clip_prompts([self._text(i["text"]) for i in items], self.tokenizer,
+                                                        self.context),
                 "masks": torch.stack([i["mask"] for i in items]), "positives": positives,
                 "names": [i["name"] for i in items]}

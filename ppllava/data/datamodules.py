@@ -152,9 +152,11 @@ class DPODataModule(_Base):
 class ClipPairsDataModule(L.LightningDataModule):
     """CLIP post-pretraining pairs from `{split}.json` records that name a target."""
 
-    def __init__(self, root, config: PPLLaVAConfig, *, batch_size: int = 128, reader: str = "decord", num_workers: int = 0):
+    def __init__(self, root, config: PPLLaVAConfig, *, batch_size: int = 128, reader: str = "decord", num_workers: int = 0,
+                 filler: Sequence[int] = (0, 0), seed: int = 0):
         super().__init__()
         self.root, self.config, self.batch_size, self.reader, self.num_workers = Path(root), config, batch_size, reader, num_workers
+        self.filler, self.seed = tuple(filler), seed
         self.datasets: Dict[str, ClipPairDataset] = {}
 
     def setup(self, stage: Optional[str] = None) -> None:
@@ -165,7 +167,8 @@ class ClipPairsDataModule(L.LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=ClipPairCollator(self.config.clip_context), drop_last=shuffle)
+                          collate_fn=ClipPairCollator(self.config.text_context_length, filler=self.filler,
+                                                      seed=self.seed + (0 if shuffle else 1)), drop_last=shuffle)
 
     def train_dataloader(self):
         return self._loader("train", True)

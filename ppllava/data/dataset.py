@@ -46,23 +46,28 @@ def read_records(path: Union[str, Path]) -> List[dict]:
 
 
 def media_kind(record: dict, source: str = "?") -> str:
+    """video | image | multi, or text for a text-only record (LLaVA's SFT mixes hold those too)."""
     keys = [k for k in MEDIA_KEYS if k in record]
     if len(keys) > 1:
         raise ValueError(f"{source}: record {record.get('id', '?')} has several media keys {keys}")
     if not keys:
-        unknown = sorted(set(record) - {"id", "conversations"})
-        raise ValueError(f"{source}: record {record.get('id', '?')} has no media key of {MEDIA_KEYS} (has {unknown})")
+        human = " ".join(t.get("value", "") for t in record.get("conversations", []) if t.get("from") == "human")
+        if "<image>" in human or "<video>" in human:
+            unknown = sorted(set(record) - {"id", "conversations"})
+            raise ValueError(f"{source}: record {record.get('id', '?')} has media placeholders but no media key of "
+                             f"{MEDIA_KEYS} (has {unknown})")
+        return "text"
     return {"video": "video", "image": "image", "images": "multi"}[keys[0]]
 
 
 @dataclass
 class Sample:
     id: str
-    kind: str  # video | image | multi
+    kind: str  # video | image | multi | text
     input_ids: List[int]
     labels: List[int]
     clip_text: str
-    pixels: torch.Tensor  # video (T, 3, S, S); images (n, crops, 3, S, S)
+    pixels: Optional[torch.Tensor]  # video (T, 3, S, S); images (n, crops, 3, S, S); text None
     image_sizes: List[List[int]] = field(default_factory=list)
     image_crops: List[int] = field(default_factory=list)
     repeated_frames: int = 0
@@ -157,6 +162,8 @@ class LLaVADataset(Dataset):
         try:
             if kind == "video":
                 pixels, repeated = self._video(record, index)
+            elif kind == "text":
+                pixels = None
             else:
                 names = [record["image"]] if kind == "image" else list(record["images"])
                 items = [self._image(record, name, single_crop=kind == "multi") for name in names]
@@ -237,7 +244,7 @@ class Collator:
             if len({v.shape for v in videos}) > 1:
                 raise ValueError(f"videos of different shapes in one batch: {sorted({tuple(v.shape) for v in videos})}")
             batch["pixel_values_videos"] = torch.stack(videos)
-        images = [(s.pixels[j], size, crops) for s in samples if s.kind != "video"
+        images = [(s.pixels[j], size, crops) for s in samples if s.kind in ("image", "multi")
                   for j, (size, crops) in enumerate(zip(s.image_sizes, s.image_crops))]
         if images:
             most = max(p.shape[0] for p, _, _ in images)

@@ -17,10 +17,11 @@ from PIL import Image
 from tqdm.auto import tqdm
 
 from ppllava.data.scenes import boxes, random_scene, render
-from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, VIDEO_TASKS, ask, vocabulary
+from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, vocabulary
 
-SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000}
-MEDIA = ("video", "image", "multi")
+SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000,
+                   "needle-train": 4_000_000, "needle-val": 5_000_000, "needle-test": 6_000_000}
+MEDIA = ("video", "image", "multi", "text")
 
 
 @dataclass
@@ -28,7 +29,8 @@ class WorldSpec:
     size: int = 64  # frame side, pixels (336 for the paper shape)
     frames: int = 8  # frames per short clip
     fps: int = 8
-    media_mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.5, "image": 0.3, "multi": 0.2})
+    # share of records per kind: video | image | multi | text (text-only option lookups, no media)
+    media_mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.4, "image": 0.25, "multi": 0.15, "text": 0.2})
     max_objects: int = 4
     long_frames: Sequence[int] = (16, 64, 256)  # lengths of the needle videos
     needle_frames: Sequence[int] = (1, 2)  # how long the asked-about object is visible
@@ -36,7 +38,12 @@ class WorldSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        known = set(VIDEO_TASKS) | set(IMAGE_TASKS)
+        for kind, share in self.media_mix.items():
+            if kind not in MEDIA:
+                raise ValueError(f"WorldSpec.media_mix: unknown kind {kind!r}; kinds are {MEDIA}")
+            if not share >= 0:
+                raise ValueError(f"WorldSpec.media_mix[{kind!r}] must be >= 0, got {share}")
+        known = set(VIDEO_TASKS) | set(IMAGE_TASKS) | set(TEXT_TASKS)
         for task, weight in (self.task_weights or {}).items():
             if task not in known:
                 raise ValueError(f"WorldSpec.task_weights: unknown task {task!r}; tasks are {sorted(known)}")
@@ -142,6 +149,12 @@ class WorldWriter:
                 "conversations": _conversation("<image>" * count, question, answer), "task": "which_image",
                 "target": {"colour": target.colour, "shape": target.shape}, "boxes": per_image, "rejected": wrong}
 
+    def text_record(self, split: str, index: int, rng):
+        q = ask_lookup(rng)
+        return {"id": f"{split}-{index:06d}",
+                "conversations": [{"from": "human", "value": q.question}, {"from": "gpt", "value": q.answer}],
+                "task": q.task, "options": q.options}
+
     def write_split(self, split: str, count: int, progress: bool = True) -> Dict[str, int]:
         records, dpo = [], []
         kinds = list(self.spec.media_mix)
@@ -154,6 +167,8 @@ class WorldWriter:
                 dpo.append(pair)
             elif kind == "image":
                 record = self.image_record(split, index, rng)
+            elif kind == "text":
+                record = self.text_record(split, index, rng)
             else:
                 record = self.multi_record(split, index, rng)
             records.append(record)
@@ -169,6 +184,16 @@ class WorldWriter:
             needle = int(self.spec.needle_frames[int(rng.integers(len(self.spec.needle_frames)))])
             records.append(self.video_record("long", index, rng, num_frames, needle=needle)[0])
         self._dump("long", records, [])
+        return {"records": len(records)}
+
+    def write_needle_split(self, split: str, count: int, num_frames: int, progress: bool = True) -> Dict[str, int]:
+        """`{split}.json` of needle videos of one length (split "train" draws from "needle-train" seeds)."""
+        records = []
+        for index in tqdm(range(count), desc=f"needle {split} ({num_frames} frames)", disable=not progress):
+            rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"needle-{split}"], num_frames, index))
+            needle = int(self.spec.needle_frames[int(rng.integers(len(self.spec.needle_frames)))])
+            records.append(self.video_record(f"needle-{split}", index, rng, num_frames, needle=needle)[0])
+        self._dump(split, records, [])
         return {"records": len(records)}
 
     def _dump(self, split: str, records: List[dict], dpo: List[dict]) -> None:
@@ -187,6 +212,21 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
         counts["long"] = writer.write_long(long_per_length, progress)
     meta = {"spec": {**asdict(spec), "long_frames": list(spec.long_frames), "needle_frames": list(spec.needle_frames)},
             "counts": counts, "vocabulary": vocabulary()}
+    (Path(root) / "world.json").write_text(json.dumps(meta, indent=1))
+    return counts
+
+
+def write_needle_world(root, num_frames: int, spec: Optional[WorldSpec] = None, *, train: int = 200, val: int = 40,
+                       test: int = 100, progress: bool = True) -> Dict[str, Dict[str, int]]:
+    """A world of needle videos of one length, in the usual layout ({train,val,test}.json): each asks
+    the colour of an object visible in only `spec.needle_frames` frames, the long-video setting where
+    averaging windows that span many frames loses it (DESIGN.md §4)."""
+    spec = spec or WorldSpec()
+    writer = WorldWriter(Path(root), spec)
+    counts = {split: writer.write_needle_split(split, n, num_frames, progress)
+              for split, n in (("train", train), ("val", val), ("test", test)) if n}
+    meta = {"spec": {**asdict(spec), "long_frames": [num_frames], "needle_frames": list(spec.needle_frames)},
+            "counts": counts, "vocabulary": vocabulary(), "needle_world_frames": num_frames}
     (Path(root) / "world.json").write_text(json.dumps(meta, indent=1))
     return counts
 

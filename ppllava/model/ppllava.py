@@ -14,6 +14,7 @@ Constructors never read files: see `ppllava.model.loading`.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -154,6 +155,18 @@ class PPLLaVA(nn.Module):
         patches = self._patch_features(pixel_values_videos.flatten(0, 1))
         e = self._patch_embeds(patches).view(n, T, g, g, -1)
         return prompt_relevance(e, self.encode_prompts(clip_input_ids), self.logit_scale)
+
+    def extend_clip_context(self, init: str = "interpolate", generator: Optional[torch.Generator] = None) -> "PPLLaVA":
+        """Stretch a CLIP text tower trained at `clip_context` positions (77) to `clip_extended_context`
+        (248) in place, rows initialised by `init` ("interpolate" | "random"), and record it in the
+        config, so the model saves and loads at the new length."""
+        cfg = self.config
+        if cfg.extend_clip_context:
+            raise ValueError(f"the CLIP text context is already extended to {cfg.text_context_length} positions")
+        extend_clip_text_context(self.clip_text, cfg.clip_extended_context, cfg.clip_keep_positions, init, generator)
+        self.clip_text.requires_grad_(cfg.clip_text_trainable)
+        self.config = dataclasses.replace(cfg, extend_clip_context=True, extension_init=init)
+        return self
 
     # --- visual tokens -------------------------------------------------------------------------
     def _pool(self, x: torch.Tensor, grid, relevance: Optional[torch.Tensor], media: str) -> torch.Tensor:

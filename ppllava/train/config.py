@@ -5,18 +5,18 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
 from ppllava.train.losses import DPO_LOSSES
 
-STAGES = ("clip", "sft1", "sft2", "dpo")
+STAGES = ("clip", "lm", "sft1", "sft2", "dpo")
 
 
 @dataclass
 class TrainConfig:
-    stage: str = "sft2"  # clip | sft1 (projector alignment) | sft2 (interleaved SFT) | dpo
+    stage: str = "sft2"  # clip | lm (text-only LLM pretraining) | sft1 (projector alignment) | sft2 (interleaved SFT) | dpo
     preset: str = "tiny"  # PPLLaVAConfig preset of the model
     model: Dict[str, Any] = field(default_factory=dict)  # PPLLaVAConfig overrides
     data: str = "data/tiny"  # a written world (or LLaVA-format data in the same layout)
@@ -46,6 +46,7 @@ class TrainConfig:
     mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.5, "image": 0.3, "multi": 0.2})
     template: str = "vicuna_v1"
     clip_loss: str = "fine_grained"  # fine_grained (the paper) | global (the ablation)
+    clip_filler: List[int] = field(default_factory=lambda: [0, 0])  # clip: words of dialogue before each name (lo, hi)
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
@@ -66,6 +67,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"TrainConfig.lr must be > 0 and warmup_ratio in [0, 1); got {self.lr}, {self.warmup_ratio}")
+        if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:
+            raise ValueError(f"TrainConfig.clip_filler must be [lo, hi] with 0 <= lo <= hi, got {self.clip_filler}")
         if self.stage == "dpo" and self.init_from is None:
             raise ValueError("TrainConfig.init_from is required for dpo (the SFT model to start from)")
 

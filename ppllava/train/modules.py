@@ -34,6 +34,8 @@ def trainable_parts(model: PPLLaVA, stage: str, lora: bool) -> None:
             part.requires_grad_(True)
         model.clip_text.embeddings.position_embedding.requires_grad_(True)
         model.logit_scale.requires_grad_(True)  # CLIP learns its temperature; frozen in every later stage
+    elif stage == "lm":  # the tiny LLM's language pretraining (a real LLM arrives with it): LLM only
+        model.language_model.requires_grad_(True)
     elif stage == "sft1":  # projector alignment: towers and LLM frozen
         model.projector.requires_grad_(True)
         model.image_newline.requires_grad_(True)
@@ -158,4 +160,4 @@ class DPOModule(_Stage):
         return out["loss"]
 
 
-MODULES = {"clip": ClipPretrainModule, "sft1": SFTModule, "sft2": SFTModule, "dpo": DPOModule}
+MODULES = {"clip": ClipPretrainModule, "lm": SFTModule, "sft1": SFTModule, "sft2": SFTModule, "dpo": DPOModule}

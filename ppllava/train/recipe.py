@@ -4,15 +4,18 @@ the global-loss ablation), SFT stage 1 and 2, DPO; then the held-out scores.
     python -m ppllava.train.recipe --out runs/tiny-recipe            # configs/tiny/*.yaml
     python -m ppllava.train.recipe --out /tmp/r --smoke              # minutes -> seconds
 
-Writes results.json and results.md (the README's table) in --out.
+Writes results.json and results.md (the README's table) in --out. Every stage's model is cached in
+--out/<stage>/model: a stage that is already there is reused, not retrained, which is how the
+notebooks share one set of trained artifacts (`Recipe(out).model("sft2")`).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import time
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional
 
 from torch.utils.data import DataLoader
 
@@ -22,21 +25,135 @@ from ppllava.data.preference import PreferenceDataset
 from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.data.world import WorldSpec, write_world
 from ppllava.evaluate import accuracy_by_task, generate_answers, pointing, preference_scores
-from ppllava.model import load_pretrained
+from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
+STAGES = ("clip", "clip_global", "lm", "sft1", "sft2", "dpo")
+STARTS_FROM = {"lm": "clip", "sft1": "lm", "sft2": "sft1", "dpo": "sft2"}
+TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 
 
-def _stage(name: str, preset: str, out: Path, smoke: bool, **overrides) -> TrainConfig:
-    cfg = TrainConfig.from_yaml(CONFIGS / preset / f"{name}.yaml")
-    fields = dict(data=str(out / "world"), run_dir=str(out / name), **overrides)
-    if cfg.init_from is not None:
-        fields["init_from"] = str(out / Path(cfg.init_from).parent.name / "model")
-    if smoke:
-        fields.update(max_steps=3, max_epochs=1, batch_size=min(cfg.batch_size, 8))
-    return TrainConfig(**{**cfg.__dict__, **fields})
+@dataclass
+class Recipe:
+    """One recipe run directory: its world and its stages, each trained once and then reused."""
+
+    out: Path
+    preset: str = "tiny"
+    smoke: bool = False  # 48 training records, 3 steps per stage: proves the path in seconds
+    train: int = 6000
+    eval: int = 300
+    task_weights: Dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
+
+    def __post_init__(self) -> None:
+        self.out = Path(self.out)
+        if self.smoke:
+            self.train, self.eval = 48, 16
+        self.seconds: Dict[str, float] = {}
+
+    @property
+    def world(self) -> Path:
+        """The world's directory, written on first use."""
+        world = self.out / "world"
+        marker = self.out / "recipe.json"
+        wanted = {"preset": self.preset, "smoke": self.smoke, "train": self.train, "eval": self.eval,
+                  "task_weights": self.task_weights}
+        if marker.exists():
+            found = json.loads(marker.read_text())
+            if found != wanted:
+                raise ValueError(f"{marker} holds a recipe run with {found}, not {wanted}: "
+                                 "use another --out (or delete it) instead of mixing the two")
+        if not (world / "world.json").exists():
+            start = time.perf_counter()
+            write_world(world, WorldSpec(task_weights=self.task_weights), train=self.train, val=self.eval,
+                        test=self.eval, long_per_length=0)
+            self.seconds["world"] = time.perf_counter() - start
+            self.out.mkdir(parents=True, exist_ok=True)
+            marker.write_text(json.dumps(wanted, indent=2))
+        return world
+
+    def config(self, name: str) -> TrainConfig:
+        """The stage's TrainConfig: configs/<preset>/<stage>.yaml pointed at this run directory."""
+        if name not in STAGES:
+            raise ValueError(f"unknown recipe stage {name!r}; stages are {STAGES}")
+        stage = "clip" if name == "clip_global" else name
+        cfg = TrainConfig.from_yaml(CONFIGS / self.preset / f"{stage}.yaml")
+        fields = dict(data=str(self.world), run_dir=str(self.out / name))
+        if name == "clip_global":
+            fields["clip_loss"] = "global"
+        if name in STARTS_FROM:
+            fields["init_from"] = str(self.out / STARTS_FROM[name] / "model")
+        if self.smoke:
+            fields.update(max_steps=3, max_epochs=1, batch_size=min(cfg.batch_size, 8))
+        return TrainConfig(**{**cfg.__dict__, **fields})
+
+    def model_dir(self, name: str) -> Path:
+        """out/<name>/model, training the stage (and the ones it starts from) when it is missing."""
+        if name in STARTS_FROM:
+            self.model_dir(STARTS_FROM[name])
+        return self._train_once(name, self.config(name))
+
+    def variant(self, name: str, stage: str = "sft2", *, data: Optional[Path] = None,
+                model: Optional[Dict[str, object]] = None, **train: object) -> Path:
+        """out/<name>/model: `stage` retrained with PPLLaVAConfig overrides `model` (e.g. another
+        pooling mode), TrainConfig overrides `train`, and optionally another world `data`; it starts
+        from the same model the stage starts from. Trained once, then reused like the stages."""
+        if name in STAGES:
+            raise ValueError(f"variant name {name!r} is one of the recipe's stages {STAGES}")
+        if stage in STARTS_FROM:
+            self.model_dir(STARTS_FROM[stage])
+        base = self.config(stage)
+        plain = {k: list(v) if isinstance(v, tuple) else v for k, v in (model or {}).items()}  # YAML has no tuples
+        fields = {**base.__dict__, "run_dir": str(self.out / name), "model": {**base.model, **plain}, **train}
+        if data is not None:
+            fields["data"] = str(data)
+        return self._train_once(name, TrainConfig(**fields))
+
+    def _train_once(self, name: str, cfg: TrainConfig) -> Path:
+        path = self.out / name / "model"
+        saved = self.out / name / "train_config.yaml"
+        if (path / "config.yaml").exists():
+            if saved.exists() and saved.read_text() != cfg.to_yaml():
+                raise ValueError(f"{path} was trained with another config ({saved}) than the one asked for now; "
+                                 "delete the directory to retrain it, or use another name")
+            return path
+        self.seconds[name] = float(run(cfg)["wall_seconds"])
+        return path
+
+    def model(self, name: str, **overrides) -> PPLLaVA:
+        """The trained model of a stage (trained now if missing) or of a variant trained before, in
+        eval mode; `overrides` change config fields at load (pooling, temperature, ...)."""
+        if name in STAGES:
+            return load_pretrained(self.model_dir(name), **overrides).eval()
+        path = self.out / name / "model"
+        if not (path / "config.yaml").exists():
+            raise FileNotFoundError(f"{path}: no variant {name!r} trained here; train it with Recipe.variant first")
+        return load_pretrained(path, **overrides).eval()
+
+    def results(self) -> Dict[str, object]:
+        """Train what is missing, then the held-out scores of the README's table."""
+        for name in STAGES:
+            self.model_dir(name)
+        start = time.perf_counter()
+        world, tokenizer = self.world, build_world_tokenizer()
+        results: Dict[str, object] = {"pointing": {}}
+        for name in ("clip", "clip_global"):
+            model = self.model(name)
+            pairs = ClipPairDataset(world / "test.json", model.config.image_size, model.config.patch_size)
+            loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.text_context_length))
+            results["pointing"][name] = pointing(model, loader)
+        sft, dpo = self.model("sft2"), self.model("dpo")
+        test = LLaVADataset(world / "test.json", sft.config, tokenizer)
+        results["sft_accuracy"] = accuracy_by_task(generate_answers(sft, test))
+        pairs = PreferenceDataset(world / "test_dpo.jsonl", sft.config, tokenizer)
+        results["dpo_before"] = preference_scores(sft, pairs)
+        results["dpo_after"] = preference_scores(dpo, pairs)
+        results["dpo_accuracy"] = accuracy_by_task(generate_answers(dpo, test))
+        self.seconds["evaluation"] = time.perf_counter() - start
+        results["seconds"] = dict(self.seconds, total=sum(self.seconds.values()))
+        results["recipe"] = {k: v for k, v in asdict(self).items() if k != "out"}
+        return results
 
 
 def main(argv=None) -> Dict[str, object]:
@@ -47,42 +164,10 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--eval", type=int, default=300)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
-    out = args.out
-    n_train, n_eval = (48, 16) if args.smoke else (args.train, args.eval)
-    results: Dict[str, object] = {"seconds": {}}
-    start = time.perf_counter()
-    write_world(out / "world", WorldSpec(), train=n_train, val=n_eval, test=n_eval, long_per_length=0)
-    results["seconds"]["world"] = time.perf_counter() - start
-
-    for name, extra in (("clip", {}), ("clip_global", {"clip_loss": "global"}), ("sft1", {}), ("sft2", {}), ("dpo", {})):
-        stage = "clip" if name == "clip_global" else name
-        cfg = _stage(stage, args.preset, out, args.smoke, **extra)
-        if name == "clip_global":
-            cfg.run_dir = str(out / "clip_global")
-        metrics = run(cfg)
-        results["seconds"][name] = metrics["wall_seconds"]
-
-    world = out / "world"
-    tokenizer = build_world_tokenizer()
-    pointing_scores = {}
-    for name in ("clip", "clip_global"):
-        model = load_pretrained(out / name / "model")
-        pairs = ClipPairDataset(world / "test.json", model.config.image_size, model.config.patch_size)
-        loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.clip_context))
-        pointing_scores[name] = pointing(model, loader)
-    results["pointing"] = pointing_scores
-
-    sft = load_pretrained(out / "sft2" / "model")
-    test = LLaVADataset(world / "test.json", sft.config, tokenizer)
-    results["sft_accuracy"] = accuracy_by_task(generate_answers(sft, test))
-    pairs = PreferenceDataset(world / "test_dpo.jsonl", sft.config, tokenizer)
-    results["dpo_before"] = preference_scores(sft, pairs)
-    dpo = load_pretrained(out / "dpo" / "model")
-    results["dpo_after"] = preference_scores(dpo, pairs)
-    results["dpo_accuracy"] = accuracy_by_task(generate_answers(dpo, test))
-    results["seconds"]["total"] = time.perf_counter() - start
-    (out / "results.json").write_text(json.dumps(results, indent=2))
-    (out / "results.md").write_text(table(results))
+    recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval)
+    results = recipe.results()
+    (args.out / "results.json").write_text(json.dumps(results, indent=2))
+    (args.out / "results.md").write_text(table(results))
     print(table(results))
     return results
 

@@ -9,10 +9,11 @@ model/ (the kit checkpoint the next stage starts from) and metrics.json.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import time
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Union
 
 import lightning as L
 import torch
@@ -21,6 +22,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
 from ppllava.config import PPLLaVAConfig
+from ppllava.data.tasks import TEXT_TASKS
 from ppllava.data.datamodules import ClipPairsDataModule, DPODataModule, SFTDataModule, SkipReport
 from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
@@ -36,7 +38,10 @@ def build_model(cfg: TrainConfig) -> PPLLaVA:
 def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     if cfg.stage == "clip":
-        return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers)
+        return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
+                                   filler=cfg.clip_filler, seed=cfg.seed)
+    if cfg.stage == "lm":  # text-only records: the in-context lookups a pretrained LLM brings
+        return SFTDataModule(cfg.data, config, template=cfg.template, tasks=TEXT_TASKS, mix=None, **common)
     if cfg.stage == "sft1":  # projector alignment on captions, LLaVA's plain template
         return SFTDataModule(cfg.data, config, template="plain", tasks=("caption",), mix=None, **common)  # as found
     if cfg.stage == "sft2":
@@ -100,6 +105,19 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
         model.save_pretrained(run_dir / "model")
         (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
     return metrics
+
+
+def read_logs(run_dir: Union[str, Path]) -> List[Dict[str, float]]:
+    """Every row the CSV logger wrote for a run (all its versions, resumes included, in order),
+    with empty cells left out: [{"epoch": 0.0, "step": 12.0, "train/loss": 2.3, ...}, ...]."""
+    files = sorted(Path(run_dir).glob("logs/version_*/metrics.csv"), key=lambda p: int(p.parent.name.split("_")[1]))
+    if not files:
+        raise FileNotFoundError(f"{run_dir}: no logs/version_*/metrics.csv (has the stage run?)")
+    rows = []
+    for path in files:
+        with path.open(newline="") as handle:
+            rows += [{k: float(v) for k, v in row.items() if v not in ("", None)} for row in csv.DictReader(handle)]
+    return rows
 
 
 def main(argv=None) -> None:

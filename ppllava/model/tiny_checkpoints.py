@@ -1,4 +1,5 @@
-"""Tiny checkpoints in the real formats, written by the libraries' own save functions."""
+"""Tiny checkpoints in the real formats, written by the libraries' own save functions: what the
+real-checkpoint tests and notebook 09 (smoke mode) load, since no real weights can be downloaded here."""
 from pathlib import Path
 
 import torch

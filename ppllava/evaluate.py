@@ -8,6 +8,7 @@ from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence
 
 import torch
+from tqdm.auto import tqdm
 
 from ppllava.data.clip_pairs import patch_mask
 from ppllava.data.conversation import IGNORE
@@ -49,7 +50,8 @@ def oracle_relevance(record: dict, num_frames: int, image_size: int, patch_size:
 
 @torch.no_grad()
 def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_new_tokens: int = 12,
-                     indices: Optional[Iterable[int]] = None, relevance: str = "model") -> List[Dict[str, str]]:
+                     indices: Optional[Iterable[int]] = None, relevance: str = "model",
+                     progress: bool = False) -> List[Dict[str, str]]:
     """Greedy answers to each record's question: [{"id", "kind", "task", "answer", "predicted"}].
 
     relevance: "model" (the CLIP towers score the prompt, as at inference) or "oracle" (videos are
@@ -61,7 +63,8 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
     collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left")
     chosen = list(range(len(dataset))) if indices is None else sorted(set(indices))
     results = []
-    for positions in MediaBatchSampler([dataset.kinds[i] for i in chosen], batch_size, shuffle=False):
+    batches = list(MediaBatchSampler([dataset.kinds[i] for i in chosen], batch_size, shuffle=False))
+    for positions in tqdm(batches, desc="answers", disable=not progress):
         samples = [dataset[chosen[p]] for p in positions]
         batch = collate([_prompt_only(s) for s in samples])
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}

@@ -32,6 +32,14 @@ from ppllava.train.run import run
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("clip", "clip_global", "lm", "sft1", "sft2", "dpo")
 STARTS_FROM = {"lm": "clip", "sft1": "lm", "sft2": "sft1", "dpo": "sft2"}
+# Stage 2 retrained per pooling mode at the tiny budget (notebook 03's rows; notebook 07 starts from them).
+# `prompt` is the recipe's own stage 2: kernel (2, 2, 2) -> (4, 2, 2), 16 tokens for 8 frames.
+POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
+    "none": {"pooling": "none"},  # 128 tokens
+    "temporal_mean": {"pooling": "temporal_mean"},  # (1, 4, 4): 16
+    "spatial": {"pooling": "spatial"},  # (8, 2, 2): 32
+    "adaptive": {"pooling": "adaptive", "video_output_size": [4, 2, 2]},  # 16
+}
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 
 
@@ -42,7 +50,7 @@ class Recipe:
     out: Path
     preset: str = "tiny"
     smoke: bool = False  # 48 training records, 3 steps per stage: proves the path in seconds
-    train: int = 6000
+    train: int = 7500  # 1 in 5 text-only: 6,000 media records, as before the lookups were added
     eval: int = 300
     task_weights: Dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
 
@@ -110,6 +118,14 @@ class Recipe:
             fields["data"] = str(data)
         return self._train_once(name, TrainConfig(**fields))
 
+    def pooling_variant(self, mode: str) -> Path:
+        """Stage 2 trained with pooling `mode` (POOLING_VARIANTS, or "prompt": the recipe's own)."""
+        if mode == "prompt":
+            return self.model_dir("sft2")
+        if mode not in POOLING_VARIANTS:
+            raise ValueError(f"no pooling variant {mode!r}; modes are {['prompt', *POOLING_VARIANTS]}")
+        return self.variant(f"sft2-{mode}", "sft2", model=POOLING_VARIANTS[mode])
+
     def _train_once(self, name: str, cfg: TrainConfig) -> Path:
         path = self.out / name / "model"
         saved = self.out / name / "train_config.yaml"
@@ -160,7 +176,7 @@ def main(argv=None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--train", type=int, default=6000)
+    parser.add_argument("--train", type=int, default=7500)
     parser.add_argument("--eval", type=int, default=300)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)

@@ -163,3 +163,25 @@ def test_clip_pairs_can_put_dialogue_before_the_name():
     assert collate._text("a red star") == dialogue_filler(40) + " a red star"
     with pytest.raises(ValueError, match="lo <= hi"):
         ClipPairCollator(77, filler=(5, 2))
+
+
+def test_partial_names_make_positives_of_every_image_holding_such_a_thing():
+    from ppllava.data.clip_pairs import ClipPairCollator
+
+    def described(form):  # the first seed whose draw for "red star" is that form
+        return next(d for d in (ClipPairCollator(77, partial=1.0, seed=s)._describe("red star") for s in range(50))
+                    if d[0] == form)
+
+    names = ("red star", "blue star", "red circle")
+    assert [described("a star")[1](o) for o in names] == [True, True, False]
+    assert [described("a red object")[1](o) for o in names] == [True, False, True]
+    assert ClipPairCollator(77)._describe("red star")[0] == "a red star"  # partial=0: always the full name
+    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool), "text": f"a {n}",
+              "name": n, "objects": objects}
+             for n, objects in (("red star", ["red star", "blue circle"]), ("blue star", ["blue star"]),
+                                ("red circle", ["red circle", "green square"]))]
+    assert torch.equal(ClipPairCollator(77)(items)["positives"], torch.eye(3, dtype=torch.bool))
+    for seed in range(5):  # whatever is drawn, each image is a positive of its own text
+        assert ClipPairCollator(77, partial=1.0, seed=seed)(items)["positives"].diagonal().all()
+    with pytest.raises(ValueError, match="partial"):
+        ClipPairCollator(77, partial=1.5)

@@ -88,9 +88,12 @@ class ClipPairCollator:
     text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE.
 
     `filler` (lo, hi): put lo..hi words of object-free dialogue before each name (drawn per item
-    from `seed`), so the name sits deep in a long prompt, as in a multi-turn conversation."""
+    from `seed`), so the name sits deep in a long prompt, as in a multi-turn conversation.
+    `partial`: the share of prompts that name only the shape ("a star") or only the colour ("a red
+    object"), as questions do ("what colour is the star ?"); positives follow what the prompt names."""
 
-    def __init__(self, context_length: int = 77, clip_tokenizer=None, filler: Sequence[int] = (0, 0), seed: int = 0):
+    def __init__(self, context_length: int = 77, clip_tokenizer=None, filler: Sequence[int] = (0, 0), seed: int = 0,
+                 partial: float = 0.0):
         if clip_tokenizer is None:
             import open_clip
 
@@ -98,7 +101,19 @@ class ClipPairCollator:
         if len(filler) != 2 or not 0 <= filler[0] <= filler[1]:
             raise ValueError(f"filler must be (lo, hi) with 0 <= lo <= hi, got {tuple(filler)}")
         self.tokenizer, self.context = clip_tokenizer, context_length
-        self.filler, self.rng = tuple(filler), np.random.default_rng(seed)
+        if not 0 <= partial <= 1:
+            raise ValueError(f"partial must be in [0, 1], got {partial}")
+        self.filler, self.rng, self.partial = tuple(filler), np.random.default_rng(seed), partial
+
+    def _describe(self, name: str):
+        """(text, matches) for one item: the prompt and which object names it fits."""
+        colour, shape = name.split()
+        form = "full" if self.rng.random() >= self.partial else ("shape", "colour")[int(self.rng.integers(2))]
+        if form == "shape":
+            return f"a {shape}", lambda o: o.split()[1] == shape
+        if form == "colour":
+            return f"a {colour} object", lambda o: o.split()[0] == colour
+        return f"a {name}", lambda o: o == name
 
     def _text(self, text: str) -> str:
         lo, hi = self.filler
@@ -108,9 +123,10 @@ class ClipPairCollator:
     def __call__(self, items: Sequence[Dict[str, object]]) -> Dict[str, object]:
         from ppllava.ops import tokenize_clip_prompts
 
-        positives = torch.tensor([[other["name"] in item["objects"] for other in items] for item in items])
+        texts, matches = zip(*(self._describe(i["name"]) for i in items))
+        # positives[i, j]: text j names something in image i
+        positives = torch.tensor([[any(match(o) for o in item["objects"]) for match in matches] for item in items])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-                "clip_input_ids": tokenize_clip_prompts([self._text(i["text"]) for i in items], self.tokenizer,
-                                                        self.context),
+                "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context),
                 "masks": torch.stack([i["mask"] for i in items]), "positives": positives,
                 "names": [i["name"] for i in items]}

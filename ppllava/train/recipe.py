@@ -130,7 +130,7 @@ class Recipe:
         path = self.out / name / "model"
         saved = self.out / name / "train_config.yaml"
         if (path / "config.yaml").exists():
-            if saved.exists() and saved.read_text() != cfg.to_yaml():
+            if saved.exists() and _training_fields(TrainConfig.from_yaml(saved)) != _training_fields(cfg):
                 raise ValueError(f"{path} was trained with another config ({saved}) than the one asked for now; "
                                  "delete the directory to retrain it, or use another name")
             return path
@@ -170,6 +170,12 @@ class Recipe:
         results["seconds"] = dict(self.seconds, total=sum(self.seconds.values()))
         results["recipe"] = {k: v for k, v in asdict(self).items() if k != "out"}
         return results
+
+
+def _training_fields(cfg: TrainConfig) -> Dict[str, object]:
+    """What decides the trained weights, without the paths that move with the run directory (the
+    world itself is pinned by recipe.json)."""
+    return {k: v for k, v in cfg.__dict__.items() if k not in ("run_dir", "data", "init_from")}
 
 
 def main(argv=None) -> Dict[str, object]:

@@ -72,6 +72,16 @@ def test_recipe_reuses_what_it_trained_and_refuses_to_mix_runs(smoke_run):
         again.variant("sft2", "sft2")
 
 
+def test_a_moved_recipe_directory_is_still_reused(smoke_run, tmp_path):
+    import shutil
+
+    out, _ = smoke_run
+    moved = tmp_path / "moved"
+    shutil.copytree(out, moved)
+    again = Recipe(moved, smoke=True)
+    assert again.model_dir("dpo") == moved / "dpo" / "model" and again.seconds == {}
+
+
 def test_training_logs_read_back(smoke_run):
     from ppllava.train.run import read_logs
 

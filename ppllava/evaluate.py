@@ -10,11 +10,9 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ppllava.data.clip_pairs import patch_mask
 from ppllava.data.conversation import IGNORE
 from ppllava.data.datamodules import MediaBatchSampler
 from ppllava.data.dataset import Collator, LLaVADataset, Sample, model_inputs
-from ppllava.data.video import sample_indices
 from ppllava.ops import prompt_relevance
 from ppllava.train.losses import pointing_accuracy, sequence_logprobs
 
@@ -30,24 +28,6 @@ def _prompt_only(sample: Sample) -> Sample:
     return dataclasses.replace(sample, input_ids=sample.input_ids[:start], labels=[IGNORE] * start)
 
 
-def oracle_relevance(record: dict, num_frames: int, image_size: int, patch_size: int) -> torch.Tensor:
-    """The world's ground truth as a relevance map, (T, g, g) float32 summing to 1: uniform over the
-    patches of the asked-about object (its per-frame boxes, at the frames the dataset samples), or
-    uniform over the whole video when the question names no object (count, caption) or the object is
-    never seen, where it reduces prompt-guided pooling to the plain window mean."""
-    g = image_size // patch_size
-    mask = torch.zeros(num_frames, g, g)
-    boxes = record.get("boxes")
-    if boxes:
-        indices, _ = sample_indices(len(boxes), num_frames)
-        for t, i in enumerate(indices):
-            if boxes[i] is not None:
-                mask[t] = patch_mask(boxes[i], image_size, patch_size).float()
-    if mask.sum() == 0:
-        mask.fill_(1.0)
-    return mask / mask.sum()
-
-
 @torch.no_grad()
 def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_new_tokens: int = 12,
                      indices: Optional[Iterable[int]] = None, relevance: str = "model",
@@ -55,12 +35,12 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
     """Greedy answers to each record's question: [{"id", "kind", "task", "answer", "predicted"}].
 
     relevance: "model" (the CLIP towers score the prompt, as at inference) or "oracle" (videos are
-    pooled by `oracle_relevance` of their record: what perfect alignment would give)."""
+    pooled by `ppllava.data.oracle.oracle_relevance` of their record: what perfect alignment gives)."""
     if relevance not in ("model", "oracle"):
         raise ValueError(f"relevance must be 'model' or 'oracle', got {relevance!r}")
     model.eval()
     tokenizer = dataset.tokenizer
-    collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left")
+    collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left", oracle=relevance == "oracle")
     chosen = list(range(len(dataset))) if indices is None else sorted(set(indices))
     results = []
     batches = list(MediaBatchSampler([dataset.kinds[i] for i in chosen], batch_size, shuffle=False))
@@ -68,11 +48,6 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
         samples = [dataset[chosen[p]] for p in positions]
         batch = collate([_prompt_only(s) for s in samples])
         inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
-        if relevance == "oracle" and "pixel_values_videos" in inputs:
-            cfg = model.config
-            inputs["video_relevance"] = torch.stack([
-                oracle_relevance(s.record, inputs["pixel_values_videos"].shape[1], cfg.image_size, cfg.patch_size)
-                for s in samples if s.kind == "video"]).to(model.device)
         new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id)
         for s, tokens in zip(samples, new):

@@ -4,7 +4,8 @@ import json
 import pytest
 import torch
 
-from ppllava.evaluate import _prompt_only, accuracy_by_length, accuracy_by_task, oracle_relevance
+from ppllava.data.oracle import oracle_relevance
+from ppllava.evaluate import _prompt_only, accuracy_by_length, accuracy_by_task
 from ppllava.train.recipe import Recipe
 from ppllava.train.recipe import main as recipe
 

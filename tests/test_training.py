@@ -120,3 +120,21 @@ def test_two_process_ddp_on_cpu(world, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "distributed_backend=gloo" in done.stderr + done.stdout and "All distributed processes registered" in done.stderr + done.stdout
     assert (tmp_path / "ddp" / "model" / "model.safetensors").exists()
+
+
+def test_sft_with_oracle_relevance_pools_videos_by_the_records_boxes(world, tmp_path):
+    from ppllava.data.dataset import Collator, LLaVADataset
+    from ppllava.data.tokenizer import build_world_tokenizer
+
+    tokenizer = build_world_tokenizer()
+    config = PPLLaVAConfig.from_name("tiny")
+    ds = LLaVADataset(world / "train.json", config, tokenizer)
+    videos = [i for i, k in enumerate(ds.kinds) if k == "video"][:3]
+    batch = Collator(config, tokenizer.pad_token_id, oracle=True)([ds[i] for i in videos])
+    assert batch["video_relevance"].shape == (3, 8, 4, 4)
+    assert torch.allclose(batch["video_relevance"].sum((1, 2, 3)), torch.ones(3))
+    assert "video_relevance" not in Collator(config, tokenizer.pad_token_id)([ds[i] for i in videos])
+    metrics = run(tiny_cfg(world, tmp_path, "sft2", max_steps=2, relevance="oracle"))
+    assert metrics["steps"] == 2
+    with pytest.raises(ValueError, match="relevance"):
+        tiny_cfg(world, tmp_path, "sft2", relevance="perfect")

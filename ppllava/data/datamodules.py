@@ -100,9 +100,10 @@ class _Base(L.LightningDataModule):
 class SFTDataModule(_Base):
     """Interleaved SFT on `{split}.json`; `mix` weights media types in training batches."""
 
-    def __init__(self, root, config, tokenizer=None, *, mix: Optional[Dict[str, float]] = None, **kwargs):
+    def __init__(self, root, config, tokenizer=None, *, mix: Optional[Dict[str, float]] = None, oracle: bool = False,
+                 **kwargs):
         super().__init__(root, config, tokenizer, **kwargs)
-        self.mix = mix
+        self.mix, self.oracle = mix, oracle  # oracle: pool videos by the world's object masks
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in ("train", "val", "test"):
@@ -116,7 +117,7 @@ class SFTDataModule(_Base):
         ds = self.datasets[split]
         sampler = MediaBatchSampler(ds.kinds, self.batch_size, self.mix if shuffle else None, shuffle, self.seed,
                                     *self._replicas())
-        return self._loader(ds, sampler, Collator(self.config, self.tokenizer.pad_token_id))
+        return self._loader(ds, sampler, Collator(self.config, self.tokenizer.pad_token_id, oracle=self.oracle))
 
     def train_dataloader(self):
         return self._split("train", True)

@@ -212,7 +212,8 @@ class Collator:
     """Samples -> the model's keyword batch. Pads ids (right for training, left for generation)
     and crops; CLIP prompts tokenized at the model's text context (truncation warns)."""
 
-    def __init__(self, config: PPLLaVAConfig, pad_token_id: int, clip_tokenizer=None, padding_side: str = "right"):
+    def __init__(self, config: PPLLaVAConfig, pad_token_id: int, clip_tokenizer=None, padding_side: str = "right",
+                 oracle: bool = False):
         if clip_tokenizer is None:
             import open_clip
 
@@ -220,6 +221,7 @@ class Collator:
         if padding_side not in ("left", "right"):
             raise ValueError(f"padding_side must be 'left' or 'right', got {padding_side!r}")
         self.config, self.pad, self.clip_tokenizer, self.side = config, pad_token_id, clip_tokenizer, padding_side
+        self.oracle = oracle  # add video_relevance from the records' boxes (ppllava.data.oracle)
 
     def __call__(self, items: Sequence) -> Dict[str, object]:
         skipped = [item["skipped"] for item in items if isinstance(item, dict)]
@@ -244,6 +246,12 @@ class Collator:
             if len({v.shape for v in videos}) > 1:
                 raise ValueError(f"videos of different shapes in one batch: {sorted({tuple(v.shape) for v in videos})}")
             batch["pixel_values_videos"] = torch.stack(videos)
+            if self.oracle:
+                from ppllava.data.oracle import oracle_relevance
+
+                cfg = self.config
+                batch["video_relevance"] = torch.stack([oracle_relevance(s.record, videos[0].shape[0], cfg.image_size,
+                                                                         cfg.patch_size) for s in samples if s.kind == "video"])
         images = [(s.pixels[j], size, crops) for s in samples if s.kind in ("image", "multi")
                   for j, (size, crops) in enumerate(zip(s.image_sizes, s.image_crops))]
         if images:
@@ -255,7 +263,7 @@ class Collator:
 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "clip_input_ids", "pixel_values", "image_sizes", "image_crops",
-              "pixel_values_videos")
+              "pixel_values_videos", "video_relevance")
 
 
 def model_inputs(batch: Dict[str, object]) -> Dict[str, object]:

@@ -47,6 +47,7 @@ class TrainConfig:
     template: str = "vicuna_v1"
     clip_loss: str = "fine_grained"  # fine_grained (the paper) | global (the ablation)
     clip_filler: List[int] = field(default_factory=lambda: [0, 0])  # clip: words of dialogue before each name (lo, hi)
+    relevance: str = "model"  # sft2: model (CLIP's map) | oracle (the world's object masks; needs boxes in the records)
     clip_partial: float = 0.0  # clip: share of prompts naming only the shape or only the colour, as questions do
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
@@ -68,6 +69,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"TrainConfig.lr must be > 0 and warmup_ratio in [0, 1); got {self.lr}, {self.warmup_ratio}")
+        if self.relevance not in ("model", "oracle"):
+            raise ValueError(f"TrainConfig.relevance must be 'model' or 'oracle', got {self.relevance!r}")
         if not 0 <= self.clip_partial <= 1:
             raise ValueError(f"TrainConfig.clip_partial must be in [0, 1], got {self.clip_partial}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:

@@ -119,11 +119,15 @@ class Recipe:
         return self._train_once(name, TrainConfig(**fields))
 
     def pooling_variant(self, mode: str) -> Path:
-        """Stage 2 trained with pooling `mode` (POOLING_VARIANTS, or "prompt": the recipe's own)."""
+        """Stage 2 trained with pooling `mode` (POOLING_VARIANTS), "prompt" (the recipe's own) or
+        "oracle" (prompt pooling by the world's object masks instead of CLIP's map, in training too:
+        a model trained on one map does not read tokens pooled by another)."""
         if mode == "prompt":
             return self.model_dir("sft2")
+        if mode == "oracle":
+            return self.variant("sft2-oracle", "sft2", relevance="oracle")
         if mode not in POOLING_VARIANTS:
-            raise ValueError(f"no pooling variant {mode!r}; modes are {['prompt', *POOLING_VARIANTS]}")
+            raise ValueError(f"no pooling variant {mode!r}; modes are {['prompt', 'oracle', *POOLING_VARIANTS]}")
         return self.variant(f"sft2-{mode}", "sft2", model=POOLING_VARIANTS[mode])
 
     def _train_once(self, name: str, cfg: TrainConfig) -> Path:

@@ -45,7 +45,8 @@ def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
     if cfg.stage == "sft1":  # projector alignment on captions, LLaVA's plain template
         return SFTDataModule(cfg.data, config, template="plain", tasks=("caption",), mix=None, **common)  # as found
     if cfg.stage == "sft2":
-        return SFTDataModule(cfg.data, config, template=cfg.template, mix=cfg.mix, **common)
+        return SFTDataModule(cfg.data, config, template=cfg.template, mix=cfg.mix, oracle=cfg.relevance == "oracle",
+                             **common)
     return DPODataModule(cfg.data, config, template=cfg.template, **common)
 
 

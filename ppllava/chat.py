@@ -42,14 +42,15 @@ class VideoChat:
         self.tokenizer = tokenizer or build_world_tokenizer()
         self.template, self.max_new_tokens = template, max_new_tokens
         self.history: List[ChatTurn] = []
-        self.pixels = MediaProcessor(model.config).video(self.frames())  # (T, 3, S, S), read once
+        reader = get_reader("decord")
+        indices, _ = sample_indices(reader.frame_count(self.video), model.config.num_frames)
+        self._frames = reader.read(self.video, indices)  # decoded once; the notebooks draw them per question
+        self.pixels = MediaProcessor(model.config).video(self._frames)  # (T, 3, S, S)
         self.clip_tokenizer = open_clip.get_tokenizer("ViT-B-32")  # bundled vocabulary, offline
 
     def frames(self) -> np.ndarray:
         """The frames the model sees, (T, H, W, 3) uint8."""
-        reader = get_reader("decord")
-        indices, _ = sample_indices(reader.frame_count(self.video), self.model.config.num_frames)
-        return reader.read(self.video, indices)
+        return self._frames
 
     def _dataset(self, question: str) -> LLaVADataset:
         question = " ".join(question.split())

@@ -82,7 +82,7 @@ def preference_scores(model, pairs, *, batch_size: int = 8) -> Dict[str, float]:
     above the hallucinated one, and how often its own greedy answer is wrong (hallucination rate)."""
     model.eval()
     collate = Collator(pairs.base.config, pairs.base.tokenizer.pad_token_id)
-    prefer, items = [], []
+    prefer = []
     for start in range(0, len(pairs), batch_size):
         chunk = [pairs[i] for i in range(start, min(start + batch_size, len(pairs)))]
         logps = []

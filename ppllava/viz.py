@@ -62,15 +62,9 @@ def relevance_overlay(frames, relevance: torch.Tensor, title: str = "", alpha: f
     rel = relevance.detach().float().cpu()
     vmin, vmax = float(rel.min()), float(rel.max())
     h, w = frames.shape[1:3]
-    fig, axes = plt.subplots(1, len(frames), figsize=(1.3 * len(frames), 1.6), squeeze=False)
-    for t, ax in enumerate(axes[0]):
-        ax.imshow(frames[t])
+    fig = frame_strip(frames, title, max_frames=len(frames))
+    for t, ax in enumerate(fig.axes):
         ax.imshow(rel[t], cmap=cmap, vmin=vmin, vmax=vmax, alpha=alpha, extent=(0, w, h, 0), interpolation="nearest")
-        ax.set_xticks([]), ax.set_yticks([])
-        ax.set_title(f"t={t}", fontsize=8)
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 

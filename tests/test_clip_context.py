@@ -185,3 +185,28 @@ def test_partial_names_make_positives_of_every_image_holding_such_a_thing():
         assert ClipPairCollator(77, partial=1.0, seed=seed)(items)["positives"].diagonal().all()
     with pytest.raises(ValueError, match="partial"):
         ClipPairCollator(77, partial=1.5)
+
+
+def test_questions_as_clip_prompts_make_positives_of_what_they_ask_about():
+    from ppllava.data.clip_pairs import ClipPairCollator, question_names
+
+    assert question_names("what colour is the star ? options : a . red b . blue") == {"star"}
+    assert question_names("what shape is the red object ?") == {"red"}
+    assert question_names("which appears first , the red star or the blue circle ?") == {"red", "star", "blue", "circle"}
+    collate = ClipPairCollator(77, questions=1.0)
+    text, match = collate._describe("red star", "what colour is the star ? options : a . red b . blue")
+    assert text.startswith("what colour is the star") and [match(o) for o in ("blue star", "red circle")] == [True, False]
+    text, match = collate._describe("red star", "what shape is the red object ?")
+    assert [match(o) for o in ("blue star", "red circle")] == [False, True]
+    # A question naming another object too (or none) falls back to the object's name.
+    assert collate._describe("red star", "which appears first , the red star or the blue circle ?")[0] == "a red star"
+    assert collate._describe("red star", "how many objects are there ?")[0] == "a red star"
+    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool), "name": n,
+              "objects": objects, "question": q}
+             for n, objects, q in (("red star", ["red star"], "what colour is the star ?"),
+                                   ("blue star", ["blue star", "red circle"], "what shape is the blue object ?"),
+                                   ("red circle", ["red circle"], "what colour is the circle ?"))]
+    batch = collate(items)
+    assert batch["positives"].tolist() == [[True, False, False], [True, True, True], [False, False, True]]
+    with pytest.raises(ValueError, match="questions"):
+        ClipPairCollator(77, questions=-0.1)

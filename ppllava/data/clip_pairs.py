@@ -3,14 +3,16 @@ pointing accuracy) and every object of the picture (for multi-positive contrasti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Sequence, Union
+from typing import Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from ppllava.data.conversation import clip_prompt_text
 from ppllava.data.dataset import read_records
+from ppllava.data.scenes import COLOURS, SHAPES
 from ppllava.data.video import MediaError, get_reader
 
 
@@ -65,7 +67,7 @@ class ClipPairDataset(Dataset):
             pixels = np.array(Image.open(path).convert("RGB"))
         name = f"{record['target']['colour']} {record['target']['shape']}"
         return {"pixel_values": self.processor([pixels], return_tensors="pt")["pixel_values"][0], "text": f"a {name}",
-                "name": name, "objects": list(record["objects"]),
+                "name": name, "objects": list(record["objects"]), "question": clip_prompt_text(record["conversations"]),
                 "mask": patch_mask(record["boxes"][frame], self.image_size, self.patch_size)}
 
 
@@ -83,6 +85,12 @@ def dialogue_filler(words: int) -> str:
     return " ".join(DIALOGUE[i % len(DIALOGUE)] for i in range(words))
 
 
+def question_names(question: str) -> set:
+    """The colour and shape words a question asks about; a multiple-choice question's option list
+    names colours it does not ask about, so only the text before "options" counts."""
+    return {w for w in question.split(" options :")[0].split() if w in COLOURS or w in SHAPES}
+
+
 class ClipPairCollator:
     """Stacks pixels and masks, tokenizes texts for CLIP, and marks every (image, text) pair whose
     text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE.
@@ -90,10 +98,15 @@ class ClipPairCollator:
     `filler` (lo, hi): put lo..hi words of object-free dialogue before each name (drawn per item
     from `seed`), so the name sits deep in a long prompt, as in a multi-turn conversation.
     `partial`: the share of prompts that name only the shape ("a star") or only the colour ("a red
-    object"), as questions do ("what colour is the star ?"); positives follow what the prompt names."""
+    object"), as questions do ("what colour is the star ?"); positives follow what the prompt names.
+    `form` ("full", "shape" or "colour") names every item that one way instead (pointing by form).
+    `questions`: the share of prompts that are the record's own question (what CLIP scores at SFT
+    and inference: "what colour is the star ?"), where it names the target and nothing else."""
+
+    FORMS = ("full", "shape", "colour")
 
     def __init__(self, context_length: int = 77, clip_tokenizer=None, filler: Sequence[int] = (0, 0), seed: int = 0,
-                 partial: float = 0.0):
+                 partial: float = 0.0, form: Optional[str] = None, questions: float = 0.0):
         if clip_tokenizer is None:
             import open_clip
 
@@ -103,12 +116,26 @@ class ClipPairCollator:
         self.tokenizer, self.context = clip_tokenizer, context_length
         if not 0 <= partial <= 1:
             raise ValueError(f"partial must be in [0, 1], got {partial}")
+        if not 0 <= questions <= 1:
+            raise ValueError(f"questions must be in [0, 1], got {questions}")
+        self.questions = questions
+        if form is not None and form not in self.FORMS:
+            raise ValueError(f"form must be one of {self.FORMS} or None, got {form!r}")
+        self.form = form
         self.filler, self.rng, self.partial = tuple(filler), np.random.default_rng(seed), partial
 
-    def _describe(self, name: str):
+    def _describe(self, name: str, question: Optional[str] = None):
         """(text, matches) for one item: the prompt and which object names it fits."""
         colour, shape = name.split()
-        form = "full" if self.rng.random() >= self.partial else ("shape", "colour")[int(self.rng.integers(2))]
+        if question and self.form is None and self.questions > 0 and self.rng.random() < self.questions:
+            named = question_names(question)
+            if named == {colour, shape}:
+                return question, lambda o: o == name
+            if named == {shape}:
+                return question, lambda o: o.split()[1] == shape
+            if named == {colour}:
+                return question, lambda o: o.split()[0] == colour
+        form = self.form or ("full" if self.rng.random() >= self.partial else ("shape", "colour")[int(self.rng.integers(2))])
         if form == "shape":
             return f"a {shape}", lambda o: o.split()[1] == shape
         if form == "colour":
@@ -123,7 +150,7 @@ class ClipPairCollator:
     def __call__(self, items: Sequence[Dict[str, object]]) -> Dict[str, object]:
         from ppllava.ops import tokenize_clip_prompts
 
-        texts, matches = zip(*(self._describe(i["name"]) for i in items))
+        texts, matches = zip(*(self._describe(i["name"], i.get("question")) for i in items))
         # positives[i, j]: text j names something in image i
         positives = torch.tensor([[any(match(o) for o in item["objects"]) for match in matches] for item in items])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),

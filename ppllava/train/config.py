@@ -49,6 +49,7 @@ class TrainConfig:
     clip_filler: List[int] = field(default_factory=lambda: [0, 0])  # clip: words of dialogue before each name (lo, hi)
     relevance: str = "model"  # sft2: model (CLIP's map) | oracle (the world's object masks; needs boxes in the records)
     clip_partial: float = 0.0  # clip: share of prompts naming only the shape or only the colour, as questions do
+    clip_questions: float = 0.0  # clip: share of prompts that are the record's own question (the SFT-time CLIP prompt)
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
@@ -71,6 +72,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.lr must be > 0 and warmup_ratio in [0, 1); got {self.lr}, {self.warmup_ratio}")
         if self.relevance not in ("model", "oracle"):
             raise ValueError(f"TrainConfig.relevance must be 'model' or 'oracle', got {self.relevance!r}")
+        if not 0 <= self.clip_questions <= 1:
+            raise ValueError(f"TrainConfig.clip_questions must be in [0, 1], got {self.clip_questions}")
         if not 0 <= self.clip_partial <= 1:
             raise ValueError(f"TrainConfig.clip_partial must be in [0, 1], got {self.clip_partial}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:

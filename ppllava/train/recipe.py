@@ -32,14 +32,19 @@ from ppllava.train.run import run
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("clip", "clip_global", "lm", "sft1", "sft2", "dpo")
 STARTS_FROM = {"lm": "clip", "sft1": "lm", "sft2": "sft1", "dpo": "sft2"}
-# Stage 2 retrained per pooling mode at the tiny budget (notebook 03's rows; notebook 07 starts from them).
-# `prompt` is the recipe's own stage 2: kernel (2, 2, 2) -> (4, 2, 2), 16 tokens for 8 frames.
+# The pooling rows of notebook 03 (notebook 07 starts from them): each is the recipe's stage 2
+# trained VARIANT_STEPS more steps in its own mode, `prompt` and `oracle` included, so every row has
+# the same start and the same budget. The recipe's own mode is prompt, kernel (2, 2, 2) -> (4, 2, 2):
+# 16 tokens for 8 frames.
 POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
+    "prompt": {},
+    "oracle": {},  # prompt pooling by the world's object masks, in training too (TrainConfig.relevance)
     "none": {"pooling": "none"},  # 128 tokens
     "temporal_mean": {"pooling": "temporal_mean"},  # (1, 4, 4): 16
     "spatial": {"pooling": "spatial"},  # (8, 2, 2): 32
     "adaptive": {"pooling": "adaptive", "video_output_size": [4, 2, 2]},  # 16
 }
+VARIANT_STEPS = 600  # 600 x 16 records: more than an epoch of the world's 7,500
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 
 
@@ -119,16 +124,14 @@ class Recipe:
         return self._train_once(name, TrainConfig(**fields))
 
     def pooling_variant(self, mode: str) -> Path:
-        """Stage 2 trained with pooling `mode` (POOLING_VARIANTS), "prompt" (the recipe's own) or
-        "oracle" (prompt pooling by the world's object masks instead of CLIP's map, in training too:
-        a model trained on one map does not read tokens pooled by another)."""
-        if mode == "prompt":
-            return self.model_dir("sft2")
-        if mode == "oracle":
-            return self.variant("sft2-oracle", "sft2", relevance="oracle")
+        """The recipe's stage 2 trained VARIANT_STEPS more steps with pooling `mode` (a key of
+        POOLING_VARIANTS). "oracle" pools by the world's object masks instead of CLIP's map, in training
+        too: a model trained on one map does not read tokens pooled by another."""
         if mode not in POOLING_VARIANTS:
-            raise ValueError(f"no pooling variant {mode!r}; modes are {['prompt', 'oracle', *POOLING_VARIANTS]}")
-        return self.variant(f"sft2-{mode}", "sft2", model=POOLING_VARIANTS[mode])
+            raise ValueError(f"no pooling variant {mode!r}; modes are {list(POOLING_VARIANTS)}")
+        return self.variant(f"sft2-{mode}", "sft2", model=POOLING_VARIANTS[mode], init_from=str(self.model_dir("sft2")),
+                            max_steps=3 if self.smoke else VARIANT_STEPS,
+                            relevance="oracle" if mode == "oracle" else "model")
 
     def _train_once(self, name: str, cfg: TrainConfig) -> Path:
         path = self.out / name / "model"

@@ -39,7 +39,8 @@ def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     if cfg.stage == "clip":
         return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
-                                   filler=cfg.clip_filler, seed=cfg.seed, partial=cfg.clip_partial)
+                                   filler=cfg.clip_filler, seed=cfg.seed, partial=cfg.clip_partial,
+                                   questions=cfg.clip_questions)
     if cfg.stage == "lm":  # text-only records: the in-context lookups a pretrained LLM brings
         return SFTDataModule(cfg.data, config, template=cfg.template, tasks=TEXT_TASKS, mix=None, **common)
     if cfg.stage == "sft1":  # projector alignment on captions, LLaVA's plain template

@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from ppllava.data.conversation import IGNORE
 from ppllava.data.datamodules import MediaBatchSampler
 from ppllava.data.dataset import Collator, LLaVADataset, Sample, model_inputs
-from ppllava.ops import prompt_relevance
+from ppllava.ops import prompt_guided_pool3d, prompt_relevance
 from ppllava.train.losses import pointing_accuracy, sequence_logprobs
 
 
@@ -115,3 +115,21 @@ def pointing(model, loader) -> float:
         hits += float(batch_pointing(model, batch)) * len(batch["names"])
         total += len(batch["names"])
     return hits / total
+
+
+def window_focus(relevance: Optional[torch.Tensor], mask: torch.Tensor, output_size, *, weighting: str = "softmax",
+                 temperature: float = 0.01) -> torch.Tensor:
+    """How much of one pooled token the asked-about object can be: the largest total weight any
+    window of prompt-guided pooling puts on the object's patches. 1 means some output token is the
+    object alone; a plain window mean (`relevance` None) gives the object's share of its window.
+
+    relevance (`torch.FloatTensor` of shape `(B, T, H, W)`, the map `s`) or None; mask
+    (`torch.BoolTensor` of shape `(B, T, H, W)`): the object's patches -> `(B,)` float32."""
+    if mask.ndim != 4 or (relevance is not None and relevance.shape != mask.shape):
+        raise ValueError(f"mask must be (B, T, H, W) and match relevance; got mask {tuple(mask.shape)}, "
+                         f"relevance {None if relevance is None else tuple(relevance.shape)}")
+    B, T, H, W = mask.shape
+    # The pooled value of a 0/1 feature is exactly the weight its window puts on the object.
+    pooled, _ = prompt_guided_pool3d(mask.float().reshape(B, T * H * W, 1), relevance, (T, H, W),
+                                     output_size=output_size, temperature=temperature, weighting=weighting)
+    return pooled[..., 0].amax(1)

@@ -62,6 +62,10 @@ def check_07_long_video(m):
         assert set(rows) == {"temporal_mean", "adaptive", "prompt", "prompt (oracle relevance)"}
         assert all(0 <= v <= 1 for v in rows.values())
     assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
+    for length in m["lengths"]:
+        focus = m["window_focus"][str(length)]
+        assert set(focus) == {"mean", "softmax (released, 0.01)", "normalized (paper)"}
+        assert all(0 < v <= 1 + 1e-5 for v in focus.values())
 
 
 def check_08_chat(m):

@@ -44,7 +44,7 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
     "spatial": {"pooling": "spatial"},  # (8, 2, 2): 32
     "adaptive": {"pooling": "adaptive", "video_output_size": [4, 2, 2]},  # 16
 }
-VARIANT_STEPS = 600  # 600 x 16 records: more than an epoch of the world's 7,500
+VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 
 

@@ -1,0 +1,30 @@
+"""Evaluation helpers that need no trained model."""
+import math
+
+import pytest
+import torch
+
+from ppllava.evaluate import window_focus
+
+
+def test_window_focus_is_the_weight_a_window_puts_on_the_object():
+    mask = torch.zeros(1, 8, 2, 2, dtype=torch.bool)
+    mask[0, 3, 0, 1] = True  # one patch of one frame
+    # A plain mean over (4, 1, 1) windows: the object is a quarter of its window.
+    assert torch.allclose(window_focus(None, mask, (2, 2, 2)), torch.tensor([0.25]))
+    oracle = mask.float() / mask.sum()
+    assert torch.allclose(window_focus(oracle, mask, (2, 2, 2), weighting="normalized"), torch.tensor([1.0]))
+    # The released weighting divides s, a softmax over all T*H*W positions, by a fixed temperature:
+    # as the video grows, s flattens and so do the window weights; the paper's normalized weights
+    # are softmax_w(tau * r), the same at every length.
+    focus = {}
+    for T in (16, 1024):
+        m = torch.zeros(1, T, 2, 2, dtype=torch.bool)
+        m[0, 0, 0, 0] = True
+        s = torch.softmax(15 * torch.where(m, 0.6, 0.45).flatten(1), -1).view(1, T, 2, 2)
+        focus[T] = {w: float(window_focus(s, m, (T // 4, 2, 2), weighting=w)) for w in ("softmax", "normalized")}
+    ratio = math.exp(15 * 0.15)
+    assert focus[16]["normalized"] == pytest.approx(ratio / (ratio + 3), abs=1e-5) == focus[1024]["normalized"]
+    assert focus[16]["softmax"] > 0.99 and focus[1024]["softmax"] < 0.35
+    with pytest.raises(ValueError, match="mask"):
+        window_focus(None, mask[0], (2, 2, 2))

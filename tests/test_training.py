@@ -138,3 +138,41 @@ def test_sft_with_oracle_relevance_pools_videos_by_the_records_boxes(world, tmp_
     assert metrics["steps"] == 2
     with pytest.raises(ValueError, match="relevance"):
         tiny_cfg(world, tmp_path, "sft2", relevance="perfect")
+
+
+def test_on_policy_pairs_reject_the_models_own_mistakes(world, tmp_path):
+    import json
+
+    from ppllava.data.dataset import read_records
+    from ppllava.data.tokenizer import build_world_tokenizer
+    from ppllava.evaluate import normalise_answer
+    from ppllava.train.on_policy import on_policy_pairs
+
+    torch.manual_seed(0)
+    model = PPLLaVA(PPLLaVAConfig.from_name("tiny"))  # untrained: wrong (or silent) nearly everywhere
+    counts = on_policy_pairs(model, world / "train_dpo.jsonl", build_world_tokenizer(), tmp_path / "pairs.jsonl")
+    source, written = read_records(world / "train_dpo.jsonl"), read_records(tmp_path / "pairs.jsonl")
+    assert [r["id"] for r in written] == [r["id"] for r in source] and sum(counts.values()) == len(source)
+    assert counts == {k: sum(r["rejected_source"] == k for r in written) for k in ("model", "world")}
+    for old, new in zip(source, written):
+        assert new["chosen"] == old["chosen"]
+        if new["rejected_source"] == "world":
+            assert new["rejected"] == old["rejected"]
+        else:
+            assert new["rejected"].strip() and normalise_answer(new["rejected"]) != normalise_answer(new["chosen"])
+    duplicated = tmp_path / "dup.jsonl"
+    duplicated.write_text("".join(json.dumps(r) + "\n" for r in source[:1] * 2))
+    with pytest.raises(ValueError, match="unique 'id'"):
+        on_policy_pairs(model, duplicated, build_world_tokenizer(), tmp_path / "never.jsonl")
+    assert not (tmp_path / "never.jsonl").exists()
+
+
+def test_dpo_on_policy_trains_on_the_pairs_it_wrote(world, tmp_path):
+    sft = run(tiny_cfg(world, tmp_path, "sft2", max_steps=2))
+    dpo = run(tiny_cfg(world, tmp_path, "dpo", batch_size=4, max_steps=2, dpo_pairs="on_policy",
+                       init_from=str(tmp_path / "sft2" / "model")))
+    assert sft["steps"] == 2 and dpo["steps"] == 2
+    pairs = tmp_path / "dpo" / "train_dpo_on_policy.jsonl"
+    assert pairs.exists() and (tmp_path / "dpo" / "on_policy_counts.json").exists()
+    with pytest.raises(ValueError, match="dpo_pairs"):
+        tiny_cfg(world, tmp_path, "dpo", dpo_pairs="mine", init_from="x")

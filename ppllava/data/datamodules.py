@@ -130,13 +130,21 @@ class SFTDataModule(_Base):
 
 
 class DPODataModule(_Base):
-    """Preference pairs from `{split}_dpo.jsonl`."""
+    """Preference pairs from `{split}_dpo.jsonl`; `train_pairs` replaces the training file (on-policy
+    pairs written elsewhere; their media paths stay relative to `root`)."""
+
+    def __init__(self, root, config, tokenizer=None, *, train_pairs: Optional[Path] = None, **kwargs):
+        super().__init__(root, config, tokenizer, **kwargs)
+        self.train_pairs = train_pairs
 
     def setup(self, stage: Optional[str] = None) -> None:
         for split in ("train", "val", "test"):
             path = self.root / f"{split}_dpo.jsonl"
+            if split == "train" and self.train_pairs is not None:
+                path = Path(self.train_pairs)
             if path.exists() and split not in self.datasets:
-                self.datasets[split] = PreferenceDataset(path, self.config, self.tokenizer, **self.dataset_kwargs)
+                self.datasets[split] = PreferenceDataset(path, self.config, self.tokenizer, media_root=self.root,
+                                                         **self.dataset_kwargs)
 
     def _split(self, split: str, shuffle: bool) -> DataLoader:
         ds = self.datasets[split]

@@ -53,6 +53,7 @@ class TrainConfig:
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
+    dpo_pairs: str = "world"  # dpo: world (the world's rejected answers) | on_policy (the SFT model's own mistakes)
     alpha: float = 1.0
     gamma: float = 0.0
     val_every_n_epochs: int = 1
@@ -63,6 +64,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
         if self.clip_loss not in ("fine_grained", "global"):
             raise ValueError(f"TrainConfig.clip_loss must be 'fine_grained' or 'global', got {self.clip_loss!r}")
+        if self.dpo_pairs not in ("world", "on_policy"):
+            raise ValueError(f"TrainConfig.dpo_pairs must be 'world' or 'on_policy', got {self.dpo_pairs!r}")
         if self.dpo_loss not in DPO_LOSSES:
             raise ValueError(f"TrainConfig.dpo_loss must be one of {DPO_LOSSES}, got {self.dpo_loss!r}")
         for name in ("batch_size", "max_epochs", "accumulate_grad_batches"):

@@ -23,10 +23,12 @@ from lightning.pytorch.loggers import CSVLogger
 
 from ppllava.config import PPLLaVAConfig
 from ppllava.data.tasks import TEXT_TASKS
+from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.data.datamodules import ClipPairsDataModule, DPODataModule, SFTDataModule, SkipReport
 from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.modules import MODULES, add_lora
+from ppllava.train.on_policy import on_policy_pairs
 
 
 def build_model(cfg: TrainConfig) -> PPLLaVA:
@@ -35,7 +37,7 @@ def build_model(cfg: TrainConfig) -> PPLLaVA:
     return PPLLaVA(PPLLaVAConfig.from_name(cfg.preset, **cfg.model))
 
 
-def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
+def build_data(cfg: TrainConfig, config: PPLLaVAConfig, train_pairs: Optional[Path] = None):
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
     if cfg.stage == "clip":
         return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
@@ -48,7 +50,7 @@ def build_data(cfg: TrainConfig, config: PPLLaVAConfig):
     if cfg.stage == "sft2":
         return SFTDataModule(cfg.data, config, template=cfg.template, mix=cfg.mix, oracle=cfg.relevance == "oracle",
                              **common)
-    return DPODataModule(cfg.data, config, template=cfg.template, **common)
+    return DPODataModule(cfg.data, config, template=cfg.template, train_pairs=train_pairs, **common)
 
 
 def checked_checkpoint(path: Path) -> Path:
@@ -89,8 +91,15 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
     model = build_model(cfg)
     if cfg.lora_rank > 0 and cfg.stage in ("sft2", "dpo"):
         add_lora(model, cfg.lora_rank)
+    train_pairs = None
+    if cfg.stage == "dpo" and cfg.dpo_pairs == "on_policy":
+        # The starting model's own mistakes, before any DPO step; a resumed run keeps the first start's pairs.
+        train_pairs = run_dir / "train_dpo_on_policy.jsonl"
+        if not train_pairs.exists():
+            counts = on_policy_pairs(model, Path(cfg.data) / "train_dpo.jsonl", build_world_tokenizer(), train_pairs)
+            (run_dir / "on_policy_counts.json").write_text(json.dumps(counts, indent=2))
     module = MODULES[cfg.stage](model, cfg)
-    data = build_data(cfg, model.config)
+    data = build_data(cfg, model.config, train_pairs)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
         cfg.to_yaml(run_dir / "train_config.yaml")

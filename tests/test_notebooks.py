@@ -27,6 +27,9 @@ def check_01_tour(m):
 def check_02_alignment(m):
     assert set(m["pointing"]) == {"fine-grained", "global"} and all(0 <= v <= 1 for v in m["pointing"].values())
     assert m["pairs"] > 0 and m["peak_s"]["tau_1000"] >= m["peak_s"]["tau_1"] and m["learned_tau"] > 0
+    for tower in ("fine-grained", "global"):
+        forms = m["pointing_by_prompt"][tower]
+        assert set(forms) == {"full", "shape", "colour", "question"} and all(0 <= v <= 1 for v in forms.values())
 
 
 def check_03_pooling_ablations(m):

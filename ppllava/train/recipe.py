@@ -166,6 +166,13 @@ class Recipe:
             pairs = ClipPairDataset(world / "test.json", model.config.image_size, model.config.patch_size)
             loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.text_context_length))
             results["pointing"][name] = pointing(model, loader)
+        # The fine-grained CLIP by how the prompt names the object; "question": the record's own
+        # question where it names the object alone ("what colour is the star ?"), the CLIP prompt of SFT.
+        clip = self.model("clip")
+        collators = {**{form: ClipPairCollator(clip.config.text_context_length, form=form) for form in ClipPairCollator.FORMS},
+                     "question": ClipPairCollator(clip.config.text_context_length, questions=1.0)}
+        results["pointing_by_prompt"] = {form: pointing(clip, DataLoader(pairs, batch_size=64, collate_fn=collate))
+                                         for form, collate in collators.items()}
         sft, dpo = self.model("sft2"), self.model("dpo")
         test = LLaVADataset(world / "test.json", sft.config, tokenizer)
         results["sft_accuracy"] = accuracy_by_task(generate_answers(sft, test))
@@ -208,6 +215,8 @@ def table(r: Dict[str, object]) -> str:
         *(f"| wall time, {k} | {v:.0f} s |" for k, v in s.items()),
         f"| pointing accuracy, fine-grained CLIP | {r['pointing']['clip']:.3f} |",
         f"| pointing accuracy, global CLIP (ablation) | {r['pointing']['clip_global']:.3f} |",
+        *(f"| pointing accuracy, fine-grained CLIP, prompt naming {k} | {v:.3f} |"
+          for k, v in r.get("pointing_by_prompt", {}).items()),
         *(f"| held-out accuracy after SFT, {k} | {v:.3f} |" for k, v in acc.items()),
         f"| DPO preference accuracy, before / after | {r['dpo_before']['preference_accuracy']:.3f} / "
         f"{r['dpo_after']['preference_accuracy']:.3f} |",

@@ -91,6 +91,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
     run_dir = args.out or ROOT / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A rerun of some notebooks into an existing run directory keeps the index entries of the others.
+    previous = run_dir / "index.json"
+    kept = {e["name"]: e for e in json.loads(previous.read_text())} if previous.exists() else {}
     entries = []
     for notebook in notebook_paths(args.only):
         print(f"[ppllava] {notebook.name} ...", flush=True)
@@ -98,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"[ppllava] {notebook.name}: {entry['status']} in {entry['seconds']} s"
               + (f" ({entry['error']})" if entry["error"] else ""), flush=True)
         entries.append(entry)
-    index = write_index(run_dir, entries)
+    index = write_index(run_dir, sorted({**kept, **{e["name"]: e for e in entries}}.values(), key=lambda e: e["name"]))
     print(f"[ppllava] index: {index}")
     return 0 if all(e["status"] == "ok" for e in entries) else 1
 

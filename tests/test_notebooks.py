@@ -113,3 +113,14 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, artifacts):
     assert entry["figures"], "a tutorial notebook should save at least one figure"
     index = write_index(tmp_path, [entry])
     assert path.stem in index.read_text()
+
+
+def test_a_rerun_of_some_notebooks_keeps_the_index_entries_of_the_others(tmp_path):
+    from ppllava.run_notebooks import main
+
+    earlier = {"name": "07_long_video", "notebook": "07_long_video.ipynb", "status": "ok", "error": None,
+               "seconds": 1.0, "metrics": {"x": 1}, "figures": []}
+    (tmp_path / "index.json").write_text(json.dumps([earlier]))
+    assert main(["--smoke", "--only", "00_operations", "--out", str(tmp_path)]) == 0
+    entries = json.loads((tmp_path / "index.json").read_text())
+    assert [e["name"] for e in entries] == ["00_operations", "07_long_video"] and entries[1] == earlier

@@ -215,7 +215,7 @@ def table(r: Dict[str, object]) -> str:
         *(f"| wall time, {k} | {v:.0f} s |" for k, v in s.items()),
         f"| pointing accuracy, fine-grained CLIP | {r['pointing']['clip']:.3f} |",
         f"| pointing accuracy, global CLIP (ablation) | {r['pointing']['clip_global']:.3f} |",
-        *(f"| pointing accuracy, fine-grained CLIP, prompt naming {k} | {v:.3f} |"
+        *(f"| pointing accuracy, fine-grained CLIP, prompt form: {k} | {v:.3f} |"
           for k, v in r.get("pointing_by_prompt", {}).items()),
         *(f"| held-out accuracy after SFT, {k} | {v:.3f} |" for k, v in acc.items()),
         f"| DPO preference accuracy, before / after | {r['dpo_before']['preference_accuracy']:.3f} / "

@@ -94,14 +94,15 @@ def main(argv: Optional[List[str]] = None) -> int:
     # A rerun of some notebooks into an existing run directory keeps the index entries of the others.
     previous = run_dir / "index.json"
     kept = {e["name"]: e for e in json.loads(previous.read_text())} if previous.exists() else {}
-    entries = []
+    entries, index = [], run_dir / "index.html"
     for notebook in notebook_paths(args.only):
         print(f"[ppllava] {notebook.name} ...", flush=True)
         entry = execute(notebook, run_dir, args.smoke, artifacts=args.artifacts)
         print(f"[ppllava] {notebook.name}: {entry['status']} in {entry['seconds']} s"
               + (f" ({entry['error']})" if entry["error"] else ""), flush=True)
         entries.append(entry)
-    index = write_index(run_dir, sorted({**kept, **{e["name"]: e for e in entries}}.values(), key=lambda e: e["name"]))
+        # Written after every notebook: a long main job stopped part way still indexes what finished.
+        index = write_index(run_dir, sorted({**kept, **{e["name"]: e for e in entries}}.values(), key=lambda e: e["name"]))
     print(f"[ppllava] index: {index}")
     return 0 if all(e["status"] == "ok" for e in entries) else 1
 

@@ -50,10 +50,15 @@ def execute(notebook: Path, run_dir: Path, smoke: bool, parameters: Optional[Dic
     start = time.perf_counter()
     entry = {"name": notebook.stem, "notebook": f"{notebook.stem}.ipynb", "status": "ok", "error": None}
     try:
+        # Training cells stream progress bars for many minutes; on two busy cores the kernel's last
+        # messages can lag the cell's reply by more than nbclient's default 4 s, which papermill
+        # would turn into a failure of a cell that ran fine.
         papermill.execute_notebook(str(notebook), str(run_dir / f"{notebook.stem}.ipynb"), parameters=params,
-                                   cwd=str(ROOT), progress_bar=False, kernel_name="python3")
+                                   cwd=str(ROOT), progress_bar=False, kernel_name="python3", iopub_timeout=120)
     except papermill.PapermillExecutionError as err:
         entry.update(status="failed", error=f"{err.ename}: {err.evalue}")
+    except Exception as err:  # a kernel that died or timed out: recorded, and the next notebook still runs
+        entry.update(status="failed", error=f"{type(err).__name__}: {err}")
     entry["seconds"] = round(time.perf_counter() - start, 1)
     metrics = out_dir / "metrics.json"
     entry["metrics"] = json.loads(metrics.read_text()) if metrics.exists() else None

@@ -27,8 +27,9 @@ from pathlib import Path
 import lightning as L
 import torch
 
+from lightning.pytorch.utilities import move_data_to_device
+
 from ppllava.config import PPLLaVAConfig
-from ppllava.data.dataset import model_inputs
 from ppllava.model import PPLLaVA
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS
 from ppllava.train.config import TrainConfig
@@ -113,17 +114,11 @@ class StepLog(L.Callback):
         self.losses.append(float(outputs["loss"]))
 
 
-def to(batch, device):
-    if torch.is_tensor(batch):
-        return batch.to(device)
-    return {k: to(v, device) for k, v in batch.items()} if isinstance(batch, dict) else batch
-
-
 def first_loss(module, batch, device: str, dtype) -> float:
     """The stage's loss on one batch with autocast to `dtype` (None: plain fp32)."""
     module.log = lambda *a, **k: None  # outside a Trainer: nothing to log to
     with torch.no_grad(), torch.autocast(device, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-        return float(module._step(to(batch, device), "train"))
+        return float(module._step(move_data_to_device(batch, device), "train"))
 
 
 def run_stage(name: str, stage: str, preset: str, device: str, layers: int, steps: int, lora: int,
@@ -176,8 +171,8 @@ def main() -> int:
     if args.device == "cuda" and not torch.cuda.is_available():
         print("no CUDA device: this check runs on a GPU (the CPU checks the paper shape on the meta device)")
         return 1
-    name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
-    print(f"{name}, torch {torch.__version__}, lightning {L.__version__}, preset {args.preset}", flush=True)
+    device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
+    print(f"{device_name}, torch {torch.__version__}, lightning {L.__version__}, preset {args.preset}", flush=True)
     g = torch.Generator().manual_seed(0)
     ok = [run_stage(name, stage, args.preset, args.device, args.layers, args.steps, lora, g)
           for name, stage, lora in (("clip (fine-grained)", "clip", 0), ("sft1", "sft1", 0), ("sft2", "sft2", 0),

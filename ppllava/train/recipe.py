@@ -161,14 +161,16 @@ class Recipe:
         start = time.perf_counter()
         world, tokenizer = self.world, build_world_tokenizer()
         results: Dict[str, object] = {"pointing": {}}
+        clip = self.model("clip")
+        # One set of test pairs for every pointing score: both towers share the preset's frame and
+        # patch size, and the dataset keeps what it decoded.
+        pairs = ClipPairDataset(world / "test.json", clip.config.image_size, clip.config.patch_size)
         for name in ("clip", "clip_global"):
             model = self.model(name)
-            pairs = ClipPairDataset(world / "test.json", model.config.image_size, model.config.patch_size)
             loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.text_context_length))
             results["pointing"][name] = pointing(model, loader)
         # The fine-grained CLIP by how the prompt names the object; "question": the record's own
         # question where it names the object alone ("what colour is the star ?"), the CLIP prompt of SFT.
-        clip = self.model("clip")
         collators = {**{form: ClipPairCollator(clip.config.text_context_length, form=form) for form in ClipPairCollator.FORMS},
                      "question": ClipPairCollator(clip.config.text_context_length, questions=1.0)}
         results["pointing_by_prompt"] = {form: pointing(clip, DataLoader(pairs, batch_size=64, collate_fn=collate))

@@ -4,7 +4,6 @@ import json
 import pytest
 import torch
 
-from ppllava.data.oracle import oracle_relevance
 from ppllava.evaluate import _prompt_only, accuracy_by_length, accuracy_by_task
 from ppllava.train.recipe import Recipe
 from ppllava.train.recipe import main as recipe
@@ -22,17 +21,6 @@ def test_accuracy_by_length_groups_by_the_records_frames():
     results = [{"id": "a", "answer": "red", "predicted": "red"}, {"id": "b", "answer": "red", "predicted": "blue"},
                {"id": "c", "answer": "red", "predicted": "red"}]
     assert accuracy_by_length(results, records) == {16: 0.5, 64: 1.0}
-
-
-def test_oracle_relevance_covers_the_asked_object_or_everything():
-    boxes = [None, [16, 16, 48, 48], None, [0, 0, 20, 20]]
-    r = oracle_relevance({"boxes": boxes}, 4, 64, 16)
-    assert r.shape == (4, 4, 4) and float(r.sum()) == pytest.approx(1.0)
-    assert float(r[0].sum()) == 0 and float(r[2].sum()) == 0
-    assert torch.equal(r[1] > 0, torch.tensor([[0, 0, 0, 0], [0, 1, 1, 0], [0, 1, 1, 0], [0, 0, 0, 0]]).bool())
-    assert int((r[3] > 0).sum()) == 1  # only the patch whose centre (8, 8) lies in the box
-    flat = oracle_relevance({"boxes": None}, 2, 64, 16)
-    assert torch.allclose(flat, torch.full((2, 4, 4), 1 / 32))
 
 
 def test_prompt_only_cuts_at_the_answer():

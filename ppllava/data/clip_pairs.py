@@ -12,23 +12,15 @@ from torch.utils.data import Dataset
 
 from ppllava.data.conversation import clip_prompt_text
 from ppllava.data.dataset import read_records
+from ppllava.data.oracle import object_coverage, object_patches
 from ppllava.data.scenes import COLOURS, SHAPES
 from ppllava.data.video import MediaError, get_reader
 
 
-def patch_mask(box, image_size: int, patch_size: int) -> torch.Tensor:
-    """(g, g) bool: patches whose centre lies inside the box [x0, y0, x1, y1] (pixels)."""
-    g = image_size // patch_size
-    centres = (torch.arange(g) + 0.5) * patch_size
-    x0, y0, x1, y1 = box
-    inside_x = (centres >= x0) & (centres < x1)
-    inside_y = (centres >= y0) & (centres < y1)
-    return inside_y[:, None] & inside_x[None, :]
-
-
 class ClipPairDataset(Dataset):
     """One (frame, "a {colour} {shape}") pair per record that names a target: the image itself, or
-    the first video frame where the target is visible."""
+    the first video frame where the target is visible; its mask marks the patches that hold the
+    object's pixels (`ppllava.data.oracle.object_patches`), what pointing accuracy counts as a hit."""
 
     def __init__(self, annotations: Union[str, Path], image_size: int, patch_size: int, *, reader: str = "decord"):
         from transformers import CLIPImageProcessor
@@ -68,7 +60,7 @@ class ClipPairDataset(Dataset):
         name = f"{record['target']['colour']} {record['target']['shape']}"
         return {"pixel_values": self.processor([pixels], return_tensors="pt")["pixel_values"][0], "text": f"a {name}",
                 "name": name, "objects": list(record["objects"]), "question": clip_prompt_text(record["conversations"]),
-                "mask": patch_mask(record["boxes"][frame], self.image_size, self.patch_size)}
+                "mask": object_patches(object_coverage(record, [frame], self.image_size, self.patch_size))[0]}
 
 
 # Earlier dialogue that names no object: what sits before the question in a long CLIP prompt

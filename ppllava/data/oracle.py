@@ -1,30 +1,76 @@
-"""The world's ground truth as a relevance map: what a perfect CLIP alignment would give.
+"""The world's ground truth on the patch grid: which patches hold the asked-about object, and the
+relevance map a perfect CLIP alignment would give.
 
 It separates "does prompt-guided pooling help" from "is this CLIP good enough to guide it": a
-model is pooled by it at test time, or trained with it (`TrainConfig.relevance: oracle`), since a
-model trained on the learned map reads tokens pooled by that map and not by another.
+model is pooled by `oracle_relevance` at test time, or trained with it (`TrainConfig.relevance:
+oracle`), since a model trained on the learned map reads tokens pooled by that map and not by another.
+
+Both come from the object's visible pixels, redrawn from the scene each world record carries, not
+from its bounding box: a triangle's box ends at its base, so "patches whose centre lies in the box"
+left out the row of patches holding most of the triangle (56 % of its pixels).
 """
 from __future__ import annotations
 
-import torch
+from typing import Sequence
 
-from ppllava.data.clip_pairs import patch_mask
+import torch
+import torch.nn.functional as F
+
+from ppllava.data.scenes import Scene, render
 from ppllava.data.video import sample_indices
+
+# A patch "holds" the object when the object covers at least this share of the patch, relative to
+# the patch it covers most in that frame: scale-free, so a 10 px triangle in a 16 px patch counts.
+HOLDS_SHARE = 0.5
+
+
+def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
+    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
+    cover, at the record's frames `frames` (zero where it is unseen). g = image_size // patch_size;
+    the world's frames are square, so the share does not depend on the resize to `image_size`."""
+    target, data = record.get("target"), record.get("scene")
+    if not target:
+        raise ValueError(f"record {record.get('id')}: names no object (no 'target'), so it has no object coverage")
+    if data is None:
+        raise ValueError(f"record {record.get('id')}: no 'scene' to redraw the object from; worlds written before "
+                         "records carried their scene must be rewritten (python -m ppllava.data.world)")
+    scene = Scene.from_dict(data)
+    names = [(o.colour, o.shape) for o in scene.objects]
+    key = (target["colour"], target["shape"])
+    if key not in names:
+        raise ValueError(f"record {record.get('id')}: target {key} is not among its scene's objects {names}")
+    bad = [t for t in frames if not 0 <= t < scene.num_frames]
+    if bad:
+        raise ValueError(f"record {record.get('id')}: frames {bad} outside its {scene.num_frames}-frame scene")
+    _, masks = render(scene, list(frames))  # (T, K, S, S) bool
+    pixels = torch.from_numpy(masks[:, names.index(key)]).float()
+    return F.adaptive_avg_pool2d(pixels[:, None], image_size // patch_size)[:, 0]
+
+
+def object_patches(coverage: torch.Tensor) -> torch.Tensor:
+    """(..., g, g) coverage -> bool of the same shape: the patches holding the object, i.e. covered
+    at least HOLDS_SHARE as much as the frame's most covered patch (none where it is unseen)."""
+    best = coverage.flatten(-2).amax(-1)[..., None, None]
+    return (coverage > 0) & (coverage >= HOLDS_SHARE * best)
+
+
+def sampled_coverage(record: dict, num_frames: int, image_size: int, patch_size: int) -> torch.Tensor:
+    """object_coverage at the `num_frames` frames uniform sampling reads from the record's video."""
+    total = int(record.get("frames") or len(record["boxes"]))
+    indices, _ = sample_indices(total, num_frames)
+    return object_coverage(record, indices, image_size, patch_size)
 
 
 def oracle_relevance(record: dict, num_frames: int, image_size: int, patch_size: int) -> torch.Tensor:
-    """(T, g, g) float32 summing to 1: uniform over the patches of the asked-about object (its
-    per-frame boxes, at the frames uniform sampling reads), or uniform over the whole video when the
-    question names no object (count, caption) or the object is never seen, where it reduces
-    prompt-guided pooling to the plain window mean."""
+    """(T, g, g) float32 summing to 1: proportional to how much of each patch the asked-about object
+    covers (at the frames uniform sampling reads), or uniform over the whole video when the question
+    names no object (count, caption) or the object is never seen, where it reduces prompt-guided
+    pooling to the plain window mean."""
     g = image_size // patch_size
-    mask = torch.zeros(num_frames, g, g)
-    boxes = record.get("boxes")
-    if boxes:
-        indices, _ = sample_indices(len(boxes), num_frames)
-        for t, i in enumerate(indices):
-            if boxes[i] is not None:
-                mask[t] = patch_mask(boxes[i], image_size, patch_size).float()
+    if record.get("target"):
+        mask = sampled_coverage(record, num_frames, image_size, patch_size)
+    else:
+        mask = torch.zeros(num_frames, g, g)
     if mask.sum() == 0:
-        mask.fill_(1.0)
+        mask = torch.ones(num_frames, g, g)
     return mask / mask.sum()

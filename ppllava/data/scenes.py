@@ -5,7 +5,7 @@ frames and per-object masks. Nothing here touches the disk (see `ppllava.data.wo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -54,6 +54,16 @@ class Scene:
     size: int  # square frames, pixels
     num_frames: int
     objects: List[SceneObject] = field(default_factory=list)
+
+    def to_dict(self) -> Dict[str, object]:
+        """Plain JSON-able data: a record carries its scene, so its ground truth can be redrawn exactly."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, object]) -> "Scene":
+        objects = [SceneObject(**{**o, "start": tuple(o["start"]), "velocity": tuple(o["velocity"])})
+                   for o in data["objects"]]
+        return cls(int(data["size"]), int(data["num_frames"]), objects)
 
 
 def _polygon(shape: str, cx: float, cy: float, r: float) -> List[Tuple[float, float]]:

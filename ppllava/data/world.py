@@ -107,7 +107,8 @@ class WorldWriter:
                   "objects": [o.name for o in scene.objects],
                   "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                            "shape": scene.objects[q.target].shape},
-                  "boxes": None if q.target is None else [row[q.target] for row in per_frame]}
+                  "boxes": None if q.target is None else [row[q.target] for row in per_frame],
+                  "scene": scene.to_dict()}
         if q.options:
             record["options"] = q.options
         if needle:
@@ -125,7 +126,8 @@ class WorldWriter:
         return {"id": name, "image": f"images/{name}.png", "conversations": _conversation("<image>", q.question, q.answer),
                 "task": q.task, "objects": [o.name for o in scene.objects], "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                                           "shape": scene.objects[q.target].shape},
-                "boxes": None if q.target is None else [boxes(masks)[0][q.target]], **({"options": q.options} if q.options else {})}
+                "boxes": None if q.target is None else [boxes(masks)[0][q.target]], "scene": scene.to_dict(),
+                **({"options": q.options} if q.options else {})}
 
     def multi_record(self, split: str, index: int, rng):
         count = int(rng.integers(2, 4))

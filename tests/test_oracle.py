@@ -1,0 +1,64 @@
+"""The world's ground truth on the patch grid: object coverage redrawn from a record's scene, the
+patches that hold the object (pointing's hits), and the oracle relevance map."""
+import pytest
+import torch
+
+from ppllava.data.oracle import object_coverage, object_patches, oracle_relevance
+from ppllava.data.scenes import Scene, SceneObject, boxes, render
+
+
+def record_of(scene: Scene, target: int = 0) -> dict:
+    obj = scene.objects[target]
+    _, masks = render(scene)
+    return {"id": "r0", "frames": scene.num_frames, "target": {"colour": obj.colour, "shape": obj.shape},
+            "boxes": [row[target] for row in boxes(masks)], "scene": scene.to_dict()}
+
+
+def triangle_scene(frames: int = 1, appear: int = 0, vanish: int = 1) -> Scene:
+    # A triangle centred on the top-left 2 x 2 patch cell of a 64 px frame with 16 px patches: its box
+    # is [7.3, 6, 24.7, 21], which holds the centre (24) of no patch of the lower row.
+    return Scene(64, frames, [SceneObject("triangle", "red", 10.0, (16.0, 16.0), (0.0, 0.0), appear, vanish),
+                              SceneObject("circle", "blue", 12.0, (48.0, 48.0), (0.0, 0.0), 0, frames)])
+
+
+def test_scene_round_trips_through_its_dict():
+    scene = triangle_scene(4, 1, 3)
+    assert Scene.from_dict(scene.to_dict()) == scene
+
+
+def test_coverage_counts_the_pixels_a_box_centre_rule_missed():
+    coverage = object_coverage(record_of(triangle_scene()), [0], 64, 16)[0]
+    assert coverage.shape == (4, 4)
+    # The lower row holds more of the triangle than the upper one (its base), and nothing outside the cell.
+    assert coverage[1, :2].sum() > coverage[0, :2].sum() > 0
+    assert float(coverage[2:].sum() + coverage[:, 2:].sum()) == 0
+    assert torch.equal(object_patches(coverage), torch.tensor([[1, 1, 0, 0], [1, 1, 0, 0], [0, 0, 0, 0], [0, 0, 0, 0]]).bool())
+    # Shares of a 16 px patch's 256 pixels: together, every pixel the triangle was drawn with.
+    assert float(coverage.sum()) * 256 == pytest.approx(float(render(triangle_scene())[1][0, 0].sum()))
+
+
+def test_object_patches_leave_out_a_patch_the_object_only_grazes():
+    coverage = torch.zeros(2, 4, 4)
+    coverage[0, 0, 0], coverage[0, 0, 1], coverage[0, 1, 1] = 0.4, 0.2, 0.05
+    held = object_patches(coverage)
+    assert held[0].sum() == 2 and held[0, 0, 0] and held[0, 0, 1] and not held[0, 1, 1]
+    assert held[1].sum() == 0  # unseen in that frame: no patch holds it
+
+
+def test_oracle_relevance_follows_the_coverage_or_falls_back_to_uniform():
+    record = record_of(triangle_scene(4, 1, 3))
+    r = oracle_relevance(record, 4, 64, 16)
+    assert r.shape == (4, 4, 4) and float(r.sum()) == pytest.approx(1.0)
+    assert float(r[0].sum()) == 0 and float(r[3].sum()) == 0 and float(r[1].sum()) == pytest.approx(0.5)
+    assert torch.allclose(r[1] / r[1].sum(), object_coverage(record, [1], 64, 16)[0] / object_coverage(record, [1], 64, 16).sum())
+    no_target = {**record, "target": None}
+    assert torch.allclose(oracle_relevance(no_target, 2, 64, 16), torch.full((2, 4, 4), 1 / 32))
+
+
+def test_a_record_without_its_scene_is_a_clear_error():
+    record = record_of(triangle_scene())
+    del record["scene"]
+    with pytest.raises(ValueError, match="r0.*scene"):
+        oracle_relevance(record, 1, 64, 16)
+    with pytest.raises(ValueError, match="frames \\[5\\]"):
+        object_coverage(record_of(triangle_scene()), [5], 64, 16)

@@ -35,7 +35,7 @@ class VideoChat:
     the way the model was trained (one question per record)."""
 
     def __init__(self, model, video: Union[str, Path], tokenizer=None, *, template: str = "vicuna_v1",
-                 max_new_tokens: int = 16):
+                 max_new_tokens: int = 32):
         self.model, self.video = model.eval(), Path(video)
         if not self.video.is_file():
             raise FileNotFoundError(f"{self.video}: no such video file")

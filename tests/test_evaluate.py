@@ -28,3 +28,18 @@ def test_window_focus_is_the_weight_a_window_puts_on_the_object():
     assert focus[16]["softmax"] > 0.99 and focus[1024]["softmax"] < 0.35
     with pytest.raises(ValueError, match="mask"):
         window_focus(None, mask[0], (2, 2, 2))
+
+
+def test_a_caption_is_right_in_any_order_and_hallucinates_only_what_is_false():
+    from ppllava.evaluate import answer_correct, hallucinates
+
+    truth = "a red circle moves left and a blue star stays still"
+    assert answer_correct("a blue star stays still and a red circle moves left", truth, "caption")
+    assert not answer_correct("a red circle moves left", truth, "caption")  # left one out: wrong ...
+    assert not hallucinates("a red circle moves left", truth, "caption")  # ... but nothing false said
+    assert hallucinates("a red circle moves left and a green star stays still", truth, "caption")
+    assert hallucinates("a red circle moves right", truth, "caption")
+    assert hallucinates("", truth, "caption")
+    # Other tasks: exact match after normalisation, and a wrong answer is a false one.
+    assert answer_correct("red, so B", "red , so B", "mc") and not hallucinates("red, so B", "red , so B", "mc")
+    assert hallucinates("blue", "red", "colour") and not answer_correct("a red circle", "a circle and a red", "colour")

@@ -42,9 +42,15 @@ def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_
     bad = [t for t in frames if not 0 <= t < scene.num_frames]
     if bad:
         raise ValueError(f"record {record.get('id')}: frames {bad} outside its {scene.num_frames}-frame scene")
-    _, masks = render(scene, list(frames))  # (T, K, S, S) bool
-    pixels = torch.from_numpy(masks[:, names.index(key)]).float()
-    return F.adaptive_avg_pool2d(pixels[:, None], image_size // patch_size)[:, 0]
+    k, g = names.index(key), image_size // patch_size
+    coverage = torch.zeros(len(frames), g, g)
+    # Only frames where the object is on screen are drawn: a needle is in 1-2 of 256.
+    seen = [i for i, t in enumerate(frames) if scene.objects[k].visible(t)]
+    if seen:
+        _, masks = render(scene, [frames[i] for i in seen])  # (T', K, S, S) bool
+        pixels = torch.from_numpy(masks[:, k]).float()
+        coverage[seen] = F.adaptive_avg_pool2d(pixels[:, None], g)[:, 0]
+    return coverage
 
 
 def object_patches(coverage: torch.Tensor) -> torch.Tensor:

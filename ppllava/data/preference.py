@@ -17,8 +17,9 @@ def _conversation(record: dict, answer_key: str, source: str) -> dict:
         if not str(record.get(key, "")).strip():
             raise ValueError(f"{source}: preference record {record.get('id', '?')} has no {key!r}")
     token = "<video>" if "video" in record else "<image>"
-    media = {k: record[k] for k in ("video", "image") if k in record}
-    return {"id": record.get("id"), **media, "conversations": [
+    # The task rides along: how an answer is scored depends on it (a caption's clauses in any order).
+    kept = {k: record[k] for k in ("video", "image", "task") if k in record}
+    return {"id": record.get("id"), **kept, "conversations": [
         {"from": "human", "value": f"{token}\n{record['prompt']}"}, {"from": "gpt", "value": record[answer_key]}]}
 
 

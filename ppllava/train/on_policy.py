@@ -15,7 +15,7 @@ from typing import Dict, Union
 
 from ppllava.data.dataset import read_records
 from ppllava.data.preference import PreferenceDataset
-from ppllava.evaluate import generate_answers, normalise_answer
+from ppllava.evaluate import answer_correct, generate_answers
 
 
 def on_policy_pairs(model, pairs: Union[str, Path], tokenizer, out: Union[str, Path], *, batch_size: int = 16,
@@ -34,7 +34,7 @@ def on_policy_pairs(model, pairs: Union[str, Path], tokenizer, out: Union[str, P
     lines = []
     for record in records:
         said = " ".join(answers[record["id"]].split())
-        own_mistake = bool(said) and normalise_answer(said) != normalise_answer(record["chosen"])
+        own_mistake = bool(said) and not answer_correct(said, record["chosen"], record.get("task", "?"))
         source = "model" if own_mistake else "world"
         counts[source] += 1
         lines.append(json.dumps({**record, "rejected": said if own_mistake else record["rejected"],

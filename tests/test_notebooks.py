@@ -36,9 +36,10 @@ def check_03_pooling_ablations(m):
     tokens = {mode: r["tokens"] for mode, r in m["headline"].items()}
     assert tokens == {"prompt": 16, "none": 128, "temporal_mean": 16, "spatial": 32, "adaptive": 16,
                       "prompt (oracle relevance)": 16}
+    assert {mode: r["tokens"] for mode, r in m["from_stage2"].items()} == tokens
     budget = [r["tokens"] for k, r in m["ablations_inference_time"].items() if k.startswith("budget")]
     assert budget == [4, 8, 16, 32, 64]
-    for r in [*m["headline"].values(), *m["ablations_inference_time"].values()]:
+    for r in [*m["headline"].values(), *m["from_stage2"].values(), *m["ablations_inference_time"].values()]:
         assert 0 <= r["video"] <= 1 and 0 <= r["all"] <= 1 and r["answers_per_s"] > 0
 
 
@@ -69,10 +70,10 @@ def check_07_long_video(m):
         focus = m["window_focus"][str(length)]
         assert {"mean", "softmax 0.01", "normalized (paper)"} <= set(focus)
         assert all(0 <= v <= 1 + 1e-5 for v in focus.values())
-    # The prompt rows' temperature: the largest softmax one within 0.01 of the best at the longest length.
-    longest = m["window_focus"][str(m["lengths"][-1])]
-    softmax = {float(k.split()[1]): v for k, v in longest.items() if k.startswith("softmax")}
-    assert m["pool_temperature"] == max(t for t, v in softmax.items() if v >= max(softmax.values()) - 0.01)
+    # The prompt rows' temperature per length: the largest softmax one within 0.01 of that length's best.
+    for length in m["lengths"]:
+        softmax = {float(k.split()[1]): v for k, v in m["window_focus"][str(length)].items() if k.startswith("softmax")}
+        assert m["pool_temperature"][str(length)] == max(t for t, v in softmax.items() if v >= max(softmax.values()) - 0.01)
 
 
 def check_08_chat(m):

@@ -32,10 +32,10 @@ from ppllava.train.run import run
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("clip", "clip_global", "lm", "sft1", "sft2", "dpo")
 STARTS_FROM = {"lm": "clip", "sft1": "lm", "sft2": "sft1", "dpo": "sft2"}
-# The pooling rows of notebook 03 (notebook 07 starts from them): each is the recipe's stage 2
-# trained VARIANT_STEPS more steps in its own mode, `prompt` and `oracle` included, so every row has
-# the same start and the same budget. The recipe's own mode is prompt, kernel (2, 2, 2) -> (4, 2, 2):
-# 16 tokens for 8 frames.
+# The pooling rows of notebook 03 (notebook 07 starts from the stage-2 ones): stage 2 trained
+# VARIANT_STEPS steps in each mode, `prompt` and `oracle` included, from stage 1 (an equal start) or
+# from the recipe's stage 2 (a head start for prompt). The recipe's own mode is prompt, kernel
+# (2, 2, 2) -> (4, 2, 2): 16 tokens for 8 frames.
 POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
     "prompt": {},
     "oracle": {},  # prompt pooling by the world's object masks, in training too (TrainConfig.relevance)
@@ -123,13 +123,17 @@ class Recipe:
             fields["data"] = str(data)
         return self._train_once(name, TrainConfig(**fields))
 
-    def pooling_variant(self, mode: str) -> Path:
-        """The recipe's stage 2 trained VARIANT_STEPS more steps with pooling `mode` (a key of
-        POOLING_VARIANTS). "oracle" pools by the world's object masks instead of CLIP's map, in training
-        too: a model trained on one map does not read tokens pooled by another."""
+    def pooling_variant(self, mode: str, start: str = "sft2") -> Path:
+        """Stage 2 in pooling `mode` (a key of POOLING_VARIANTS), VARIANT_STEPS steps from `start`:
+        "sft2" (out/sft2-<mode>: the recipe's stage 2, itself trained with prompt pooling, a head start
+        for that row) or "sft1" (out/sft1-<mode>: stage 1, where no LLM has yet read pooled tokens, so
+        every mode starts equal). "oracle" pools by the world's ground truth instead of CLIP's map, in
+        training too: a model trained on one map does not read tokens pooled by another."""
         if mode not in POOLING_VARIANTS:
             raise ValueError(f"no pooling variant {mode!r}; modes are {list(POOLING_VARIANTS)}")
-        return self.variant(f"sft2-{mode}", "sft2", model=POOLING_VARIANTS[mode], init_from=str(self.model_dir("sft2")),
+        if start not in ("sft1", "sft2"):
+            raise ValueError(f"pooling variants start from 'sft1' or 'sft2', got {start!r}")
+        return self.variant(f"{start}-{mode}", "sft2", model=POOLING_VARIANTS[mode], init_from=str(self.model_dir(start)),
                             max_steps=3 if self.smoke else VARIANT_STEPS,
                             relevance="oracle" if mode == "oracle" else "model")
 

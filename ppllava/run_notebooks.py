@@ -54,7 +54,7 @@ def execute(notebook: Path, run_dir: Path, smoke: bool, parameters: Optional[Dic
         # messages can lag the cell's reply by more than nbclient's default 4 s, which papermill
         # would turn into a failure of a cell that ran fine.
         papermill.execute_notebook(str(notebook), str(run_dir / f"{notebook.stem}.ipynb"), parameters=params,
-                                   cwd=str(ROOT), progress_bar=False, kernel_name="python3", iopub_timeout=120)
+                                   cwd=str(ROOT), progress_bar=False, kernel_name="python3", iopub_timeout=600)
     except papermill.PapermillExecutionError as err:
         entry.update(status="failed", error=f"{err.ename}: {err.evalue}")
     except Exception as err:  # a kernel that died or timed out: recorded, and the next notebook still runs

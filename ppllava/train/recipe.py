@@ -226,8 +226,10 @@ def table(r: Dict[str, object]) -> str:
         *(f"| held-out accuracy after SFT, {k} | {v:.3f} |" for k, v in acc.items()),
         f"| DPO preference accuracy, before / after | {r['dpo_before']['preference_accuracy']:.3f} / "
         f"{r['dpo_after']['preference_accuracy']:.3f} |",
-        f"| hallucination rate (wrong answers on the DPO questions), before / after | "
+        f"| hallucination rate (answers that state something false, DPO test questions), before / after | "
         f"{r['dpo_before']['hallucination_rate']:.3f} / {r['dpo_after']['hallucination_rate']:.3f} |",
+        f"| error rate (answers that are not right, DPO test questions), before / after | "
+        f"{r['dpo_before']['error_rate']:.3f} / {r['dpo_after']['error_rate']:.3f} |",
     ]
     return "\n".join(rows) + "\n"
 

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Union
 import lightning as L
 import torch
 import yaml
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
 from ppllava.config import PPLLaVAConfig
@@ -78,8 +78,10 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Ca
         # Each run, and each resume, logs to its own logs/version_N: a resume never overwrites the earlier logs.
         logger=CSVLogger(run_dir, name="logs"), deterministic=not on_gpu,
         use_distributed_sampler=False,  # the media batch sampler shards itself across processes
+        # A bar redrawn every 20 steps, not Rich's live display: in a notebook kernel each redraw is an
+        # IOPub message, and a 20-minute training cell's backlog outlived nbclient's IOPub timeout.
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0), SkipReport(),
-                   *(callbacks or [])],
+                   TQDMProgressBar(refresh_rate=20), *(callbacks or [])],
     )
 
 

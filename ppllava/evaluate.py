@@ -1,5 +1,5 @@
 """Computed scores, no model-as-judge: answer accuracy by task (multiple choice among them),
-pointing accuracy of the CLIP relevance, DPO preference accuracy and hallucination rate.
+pointing accuracy of the CLIP relevance, DPO preference accuracy, hallucination rate and caption recall.
 
 A caption lists the scene's objects ("a red circle moves left and a blue star stays still") in an
 order the video does not show, so it is right when it states the same clauses in any order, and it
@@ -124,7 +124,19 @@ def preference_scores(model, pairs, *, batch_size: int = 8) -> Dict[str, float]:
     false = [hallucinates(a["predicted"], a["answer"], a["task"]) for a in answers]
     wrong = [not answer_correct(a["predicted"], a["answer"], a["task"]) for a in answers]
     return {"preference_accuracy": sum(prefer) / len(prefer), "hallucination_rate": sum(false) / len(false),
-            "error_rate": sum(wrong) / len(wrong), "pairs": float(len(prefer))}
+            "error_rate": sum(wrong) / len(wrong), **caption_recall(answers), "pairs": float(len(prefer))}
+
+
+def caption_recall(results: List[Dict[str, str]]) -> Dict[str, float]:
+    """What captions leave out, the other side of their hallucination rate (a caption that says less
+    states less that is false): the share of the true clauses they state, and how many they state
+    per caption. NaN without captions."""
+    captions = [(set(caption_clauses(r["predicted"])), set(caption_clauses(r["answer"])))
+                for r in results if r["task"] == "caption"]
+    if not captions:
+        return {"caption_recall": float("nan"), "caption_clauses": float("nan")}
+    return {"caption_recall": sum(len(said & true) / len(true) for said, true in captions) / len(captions),
+            "caption_clauses": sum(len(said) for said, _ in captions) / len(captions)}
 
 
 @torch.no_grad()

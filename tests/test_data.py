@@ -322,3 +322,37 @@ def test_preference_pairs_stay_paired_when_bad_records_are_skipped(world, tokeni
     rejected = tokenizer.decode([t for t, l in zip(item["rejected"].input_ids, item["rejected"].labels) if l != IGNORE],
                                 skip_special_tokens=True)
     assert rejected.split() == pairs[1]["rejected"].split()
+
+
+def test_media_cache_gives_the_same_samples_without_reading_again(world, tokenizer):
+    plain = LLaVADataset(world / "train.json", CONFIG, tokenizer)
+    cached = LLaVADataset(world / "train.json", CONFIG, tokenizer, cache_mb=64)
+    reads = []
+    read = cached.reader.read
+    cached.reader.read = lambda path, indices: reads.append(path) or read(path, indices)
+    first = [cached[i] for i in range(len(cached))]
+    videos = len(reads)
+    again = [cached[i] for i in range(len(cached))]
+    assert videos == cached.kinds.count("video") > 0 and len(reads) == videos  # the second pass read no file
+    for a, b, c in zip(first, again, (plain[i] for i in range(len(plain)))):
+        assert a.input_ids == b.input_ids == c.input_ids and a.image_sizes == c.image_sizes
+        assert (a.pixels is None and c.pixels is None) or torch.equal(b.pixels, c.pixels)
+    # A cache too small for one video keeps none of them; a negative size is refused.
+    small = LLaVADataset(world / "train.json", CONFIG, tokenizer, cache_mb=0.1)
+    small[small.kinds.index("video")]
+    assert small.kinds.index("video") not in small.cache
+    with pytest.raises(ValueError, match="cache_mb"):
+        LLaVADataset(world / "train.json", CONFIG, tokenizer, cache_mb=-1)
+
+
+def test_dpo_pairs_can_come_from_videos_of_their_own(tmp_path):
+    counts = write_world(tmp_path, WorldSpec(), train=6, val=0, test=0, long_per_length=0, progress=False,
+                         dpo_videos={"train": 5, "test": 3})
+    assert counts["train"]["dpo"] == 5 and counts["test"] == {"dpo": 3}
+    sft_videos = {r["video"] for r in json.loads((tmp_path / "train.json").read_text()) if "video" in r}
+    for split, n in (("train", 5), ("test", 3)):
+        pairs = [json.loads(line) for line in (tmp_path / f"{split}_dpo.jsonl").read_text().splitlines()]
+        assert len(pairs) == n and all((tmp_path / p["video"]).is_file() and p["video"] not in sft_videos for p in pairs)
+        assert all(p["chosen"] != p["rejected"] and p["task"] for p in pairs)
+    with pytest.raises(ValueError, match="dpo_videos"):
+        write_world(tmp_path / "x", WorldSpec(), train=1, val=0, test=0, long_per_length=0, dpo_videos={"dev": 2})

@@ -43,3 +43,15 @@ def test_a_caption_is_right_in_any_order_and_hallucinates_only_what_is_false():
     # Other tasks: exact match after normalisation, and a wrong answer is a false one.
     assert answer_correct("red, so B", "red , so B", "mc") and not hallucinates("red, so B", "red , so B", "mc")
     assert hallucinates("blue", "red", "colour") and not answer_correct("a red circle", "a circle and a red", "colour")
+
+
+def test_caption_recall_counts_the_true_clauses_stated():
+    from ppllava.evaluate import caption_recall
+
+    truth = "a red circle moves left and a blue star stays still"
+    results = [{"task": "caption", "answer": truth, "predicted": "a blue star stays still and a red circle moves left"},
+               {"task": "caption", "answer": truth, "predicted": "a red circle moves right"},  # 0 of 2, 1 said
+               {"task": "caption", "answer": "a green square appears later", "predicted": "a green square appears later"},
+               {"task": "colour", "answer": "red", "predicted": "blue"}]  # not a caption: not counted
+    assert caption_recall(results) == {"caption_recall": (1 + 0 + 1) / 3, "caption_clauses": (2 + 1 + 1) / 3}
+    assert math.isnan(caption_recall(results[3:])["caption_recall"])

@@ -145,21 +145,36 @@ def test_on_policy_pairs_reject_the_models_own_mistakes(world, tmp_path):
 
     from ppllava.data.dataset import read_records
     from ppllava.data.tokenizer import build_world_tokenizer
-    from ppllava.evaluate import normalise_answer
+    from ppllava.evaluate import caption_clauses, normalise_answer
     from ppllava.train.on_policy import on_policy_pairs
 
     torch.manual_seed(0)
     model = PPLLaVA(PPLLaVAConfig.from_name("tiny"))  # untrained: wrong (or silent) nearly everywhere
     counts = on_policy_pairs(model, world / "train_dpo.jsonl", build_world_tokenizer(), tmp_path / "pairs.jsonl")
     source, written = read_records(world / "train_dpo.jsonl"), read_records(tmp_path / "pairs.jsonl")
-    assert [r["id"] for r in written] == [r["id"] for r in source] and sum(counts.values()) == len(source)
-    assert counts == {k: sum(r["rejected_source"] == k for r in written) for k in ("model", "world")}
+    assert [r["id"] for r in written] == [r["id"] for r in source] and counts["model"] + counts["world"] == len(source)
+    assert counts == {**{k: sum(r["rejected_source"] == k for r in written) for k in ("model", "world")}, "corrected": 0}
+    assert all(r["chosen_source"] == "truth" for r in written)
     for old, new in zip(source, written):
         assert new["chosen"] == old["chosen"]
         if new["rejected_source"] == "world":
             assert new["rejected"] == old["rejected"]
         else:
             assert new["rejected"].strip() and normalise_answer(new["rejected"]) != normalise_answer(new["chosen"])
+    # Corrected pairs: the same rejected answers; a chosen one is the truth or the rejected caption
+    # less its false clauses, and only a caption that states something false is corrected.
+    counts = on_policy_pairs(model, world / "train_dpo.jsonl", build_world_tokenizer(), tmp_path / "corrected.jsonl",
+                             correct=True)
+    corrected = read_records(tmp_path / "corrected.jsonl")
+    assert counts["corrected"] == sum(r["chosen_source"] == "corrected" for r in corrected)
+    for plain, new in zip(written, corrected):
+        assert new["rejected"] == plain["rejected"]
+        if new["chosen_source"] == "corrected":
+            assert new["task"] == "caption" and new["rejected_source"] == "model"
+            assert set(caption_clauses(new["chosen"])) < set(caption_clauses(plain["chosen"]))
+            assert set(caption_clauses(new["chosen"])) < set(caption_clauses(new["rejected"]))
+        else:
+            assert new["chosen"] == plain["chosen"]
     duplicated = tmp_path / "dup.jsonl"
     duplicated.write_text("".join(json.dumps(r) + "\n" for r in source[:1] * 2))
     with pytest.raises(ValueError, match="unique 'id'"):
@@ -176,3 +191,14 @@ def test_dpo_on_policy_trains_on_the_pairs_it_wrote(world, tmp_path):
     assert pairs.exists() and (tmp_path / "dpo" / "on_policy_counts.json").exists()
     with pytest.raises(ValueError, match="dpo_pairs"):
         tiny_cfg(world, tmp_path, "dpo", dpo_pairs="mine", init_from="x")
+
+
+def test_a_corrected_answer_strikes_out_only_the_false_clauses():
+    from ppllava.train.on_policy import corrected_answer
+
+    truth = "a red circle moves left and a blue star stays still and a green square appears later"
+    said = "a blue star stays still and a yellow circle moves up and a green square appears later"
+    assert corrected_answer(said, truth, "caption") == "a blue star stays still and a green square appears later"
+    assert corrected_answer("a red circle moves right", truth, "caption") is None  # nothing true is left
+    assert corrected_answer("a blue star stays still", truth, "caption") is None  # an omission: nothing to strike
+    assert corrected_answer("blue", "red", "colour") is None  # one statement: the truth is chosen instead

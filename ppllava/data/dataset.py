@@ -100,7 +100,8 @@ class LLaVADataset(Dataset):
     def __init__(self, annotations: Union[str, Path, List[dict]], config: PPLLaVAConfig, tokenizer, *,
                  media_root: Optional[Union[str, Path]] = None, template: str = "vicuna_v1", reader: str = "decord",
                  sampling: str = "uniform", num_frames: Optional[int] = None, fps: Optional[float] = None,
-                 max_length: int = 2048, skip_bad: bool = False, seed: int = 0, tasks: Optional[Sequence[str]] = None):
+                 max_length: int = 2048, skip_bad: bool = False, seed: int = 0, tasks: Optional[Sequence[str]] = None,
+                 cache_mb: float = 0):
         in_memory = isinstance(annotations, list)
         if in_memory and media_root is None:
             raise ValueError("records given in memory need a media_root")
@@ -112,6 +113,14 @@ class LLaVADataset(Dataset):
         self.max_length, self.skip_bad, self.seed = max_length, skip_bad, seed
         self.layout, self.processor = TokenLayout(config), MediaProcessor(config)
         self.records, self.kinds, self.invalid = [], [], []
+        # Decoded, processed media by record index, up to cache_mb megabytes: an epoch after the first
+        # reads no file (decoding and CLIP's transforms were a fifth of a tiny SFT step). Exact, since a
+        # record's frames and crops are the same every epoch (random sampling is seeded by the index).
+        # It lives in the loading process: with num_workers > 0, each (persistent) worker holds its own.
+        if not cache_mb >= 0:
+            raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
+        self.cache: Dict[int, tuple] = {}
+        self.cache_room = int(cache_mb * 2**20)
         for record in annotations if in_memory else read_records(annotations):
             if tasks is not None and record.get("task") not in tasks:  # e.g. captions only for stage 1
                 continue
@@ -154,10 +163,9 @@ class LLaVADataset(Dataset):
             self._fail(record, f"{path} cannot be decoded ({err})")
         return self.processor.image(image, single_crop)
 
-    def load(self, index: int) -> Sample:
-        """The processed sample, raising MediaError/ValueError (naming file and record) on bad input."""
-        record, kind = self.records[index], self.kinds[index]
-        rid = str(record.get("id", index))
+    def _media(self, index: int, record: dict, kind: str, rid: str) -> tuple:
+        """(pixels, image sizes, crops per image, repeated frames) of a record, decoded now and kept
+        while the cache has room."""
         sizes, crops, repeated = [], [], 0
         try:
             if kind == "video":
@@ -174,6 +182,18 @@ class LLaVADataset(Dataset):
             if str(err).startswith(self.source):
                 raise
             raise MediaError(f"{self.source}: record {rid}: {err}") from err
+        media = (pixels, sizes, crops, repeated)
+        size = 0 if pixels is None else pixels.numel() * pixels.element_size()
+        if size <= self.cache_room:
+            self.cache_room -= size
+            self.cache[index] = media
+        return media
+
+    def load(self, index: int) -> Sample:
+        """The processed sample, raising MediaError/ValueError (naming file and record) on bad input."""
+        record, kind = self.records[index], self.kinds[index]
+        rid = str(record.get("id", index))
+        pixels, sizes, crops, repeated = self.cache.get(index) or self._media(index, record, kind, rid)
         ids, labels = encode_conversation(record["conversations"], self.tokenizer, self.template, rid)
         try:
             ids_expanded = self.layout.expand_placeholders(

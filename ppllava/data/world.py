@@ -20,7 +20,8 @@ from ppllava.data.scenes import boxes, random_scene, render
 from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, vocabulary
 
 SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000,
-                   "needle-train": 4_000_000, "needle-val": 5_000_000, "needle-test": 6_000_000}
+                   "needle-train": 4_000_000, "needle-val": 5_000_000, "needle-test": 6_000_000,
+                   "dpo-train": 7_000_000, "dpo-val": 8_000_000, "dpo-test": 9_000_000}
 MEDIA = ("video", "image", "multi", "text")
 
 
@@ -198,6 +199,16 @@ class WorldWriter:
         self._dump(split, records, [])
         return {"records": len(records)}
 
+    def write_preference_split(self, split: str, count: int, progress: bool = True) -> Dict[str, int]:
+        """`{split}_dpo.jsonl` from `count` videos of their own ("dpo-{split}" seeds), none of them in
+        an SFT split: the SFT model has not memorised them, so its answers err as on any new video."""
+        pairs = []
+        for index in tqdm(range(count), desc=f"world dpo-{split}", disable=not progress):
+            rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"dpo-{split}"], index))
+            pairs.append(self.video_record(f"dpo-{split}", index, rng, self.spec.frames)[1])
+        (self.root / f"{split}_dpo.jsonl").write_text("".join(json.dumps(d) + "\n" for d in pairs))
+        return {"dpo": len(pairs)}
+
     def _dump(self, split: str, records: List[dict], dpo: List[dict]) -> None:
         (self.root / f"{split}.json").write_text(json.dumps(records, indent=1))
         if dpo:
@@ -205,11 +216,20 @@ class WorldWriter:
 
 
 def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val: int = 100, test: int = 100,
-                long_per_length: int = 30, progress: bool = True) -> Dict[str, Dict[str, int]]:
-    """Write every split under `root`, with world.json describing the spec and vocabulary."""
+                long_per_length: int = 30, dpo_videos: Optional[Dict[str, int]] = None,
+                progress: bool = True) -> Dict[str, Dict[str, int]]:
+    """Write every split under `root`, with world.json describing the spec and vocabulary.
+
+    dpo_videos: fresh videos for a split's DPO pairs, e.g. {"train": 3000, "test": 1000}; a split not
+    named takes its pairs from its own video records (for train: videos the SFT stages trained on)."""
     spec = spec or WorldSpec()
     writer = WorldWriter(Path(root), spec)
+    unknown = set(dpo_videos or {}) - {"train", "val", "test"}
+    if unknown:
+        raise ValueError(f"dpo_videos: unknown splits {sorted(unknown)}; splits are train, val, test")
     counts = {split: writer.write_split(split, n, progress) for split, n in (("train", train), ("val", val), ("test", test)) if n}
+    for split, n in (dpo_videos or {}).items():  # after the split itself, whose pairs these replace
+        counts.setdefault(split, {}).update(writer.write_preference_split(split, n, progress))
     if long_per_length:
         counts["long"] = writer.write_long(long_per_length, progress)
     meta = {"spec": {**asdict(spec), "long_frames": list(spec.long_frames), "needle_frames": list(spec.needle_frames)},

@@ -12,6 +12,7 @@ import yaml
 from ppllava.train.losses import DPO_LOSSES
 
 STAGES = ("clip", "lm", "sft1", "sft2", "dpo")
+DPO_PAIRS = ("world", "on_policy", "on_policy_corrected")
 
 
 @dataclass
@@ -41,6 +42,7 @@ class TrainConfig:
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_2 | deepspeed_stage_3 ...
     precision: str = "auto"  # auto: 32-true on CPU, bf16-mixed on GPU
     num_workers: int = 0
+    media_cache_mb: float = 0  # decoded media kept in memory after the first epoch (per loading process)
 
     # --- stage switches -------------------------------------------------------------------
     mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.5, "image": 0.3, "multi": 0.2})
@@ -53,7 +55,9 @@ class TrainConfig:
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
-    dpo_pairs: str = "world"  # dpo: world (the world's rejected answers) | on_policy (the SFT model's own mistakes)
+    # dpo: world (the world's rejected answers) | on_policy (the SFT model's own mistakes rejected) |
+    # on_policy_corrected (and, against a caption stating something false, it without the false clauses)
+    dpo_pairs: str = "world"
     alpha: float = 1.0
     gamma: float = 0.0
     val_every_n_epochs: int = 1
@@ -64,8 +68,8 @@ class TrainConfig:
             raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
         if self.clip_loss not in ("fine_grained", "global"):
             raise ValueError(f"TrainConfig.clip_loss must be 'fine_grained' or 'global', got {self.clip_loss!r}")
-        if self.dpo_pairs not in ("world", "on_policy"):
-            raise ValueError(f"TrainConfig.dpo_pairs must be 'world' or 'on_policy', got {self.dpo_pairs!r}")
+        if self.dpo_pairs not in DPO_PAIRS:
+            raise ValueError(f"TrainConfig.dpo_pairs must be one of {DPO_PAIRS}, got {self.dpo_pairs!r}")
         if self.dpo_loss not in DPO_LOSSES:
             raise ValueError(f"TrainConfig.dpo_loss must be one of {DPO_LOSSES}, got {self.dpo_loss!r}")
         for name in ("batch_size", "max_epochs", "accumulate_grad_batches"):
@@ -73,6 +77,8 @@ class TrainConfig:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
         if not self.lr > 0 or not 0 <= self.warmup_ratio < 1:
             raise ValueError(f"TrainConfig.lr must be > 0 and warmup_ratio in [0, 1); got {self.lr}, {self.warmup_ratio}")
+        if not self.media_cache_mb >= 0:
+            raise ValueError(f"TrainConfig.media_cache_mb must be >= 0, got {self.media_cache_mb}")
         if self.relevance not in ("model", "oracle"):
             raise ValueError(f"TrainConfig.relevance must be 'model' or 'oracle', got {self.relevance!r}")
         if not 0 <= self.clip_questions <= 1:

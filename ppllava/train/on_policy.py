@@ -5,24 +5,41 @@ barely moves its greedy answers. Here the SFT model answers every pair's prompt 
 is wrong (judged against the world's truth, the pair's `chosen`: computed, no model as judge), its
 answer becomes the rejected one. Where it is right, or says nothing, the world's rejected answer
 stays, and `rejected_source` records which it is.
+
+correct=True chooses, against a caption that states something false, that same caption with the
+false clauses struck out (where any true one is left): the correction-style pairs of hallucination
+DPO (RLHF-V, HA-DPO), which differ from the rejected answer only in what is false, so preferring
+them teaches "leave out what you cannot see" rather than "say this other caption".
+`chosen_source` records "truth" or "corrected".
 """
 from __future__ import annotations
 
 import json
 import os
 from pathlib import Path
-from typing import Dict, Union
+from typing import Dict, Optional, Union
 
 from ppllava.data.dataset import read_records
 from ppllava.data.preference import PreferenceDataset
-from ppllava.evaluate import answer_correct, generate_answers
+from ppllava.evaluate import answer_correct, caption_clauses, generate_answers, hallucinates, normalise_answer
+
+
+def corrected_answer(said: str, truth: str, task: str) -> Optional[str]:
+    """`said` with its false statements struck out, or None where that leaves nothing (or it states
+    nothing false, an omission: the full truth is the better choice there). Only a caption has parts
+    to strike; any other answer is one statement."""
+    if task != "caption" or not hallucinates(said, truth, task):
+        return None
+    true = set(caption_clauses(truth))
+    kept = [c.strip() for c in normalise_answer(said).split(" and ") if c.strip() in true]
+    return " and ".join(kept) or None
 
 
 def on_policy_pairs(model, pairs: Union[str, Path], tokenizer, out: Union[str, Path], *, batch_size: int = 16,
-                    progress: bool = False) -> Dict[str, int]:
-    """Write `out` (JSONL, the layout of `pairs` plus `rejected_source`: "model" or "world") and
-    return how many rejected answers came from each source. Media paths stay relative to the
-    directory of `pairs` (pass it as `media_root` when reading `out`)."""
+                    correct: bool = False, progress: bool = False) -> Dict[str, int]:
+    """Write `out` (JSONL, the layout of `pairs` plus `rejected_source`: "model" or "world", and
+    `chosen_source`: "truth" or "corrected") and return how many of each there are. Media paths stay
+    relative to the directory of `pairs` (pass it as `media_root` when reading `out`)."""
     pairs, out = Path(pairs), Path(out)
     records = read_records(pairs)
     ids = [r.get("id") for r in records]
@@ -30,15 +47,18 @@ def on_policy_pairs(model, pairs: Union[str, Path], tokenizer, out: Union[str, P
         raise ValueError(f"{pairs}: every preference record needs a unique 'id' to be matched with its answer")
     dataset = PreferenceDataset(pairs, model.config, tokenizer).base
     answers = {a["id"]: a["predicted"] for a in generate_answers(model, dataset, batch_size=batch_size, progress=progress)}
-    counts = {"model": 0, "world": 0}
+    counts = {"model": 0, "world": 0, "corrected": 0}
     lines = []
     for record in records:
-        said = " ".join(answers[record["id"]].split())
-        own_mistake = bool(said) and not answer_correct(said, record["chosen"], record.get("task", "?"))
+        said, task = " ".join(answers[record["id"]].split()), record.get("task", "?")
+        own_mistake = bool(said) and not answer_correct(said, record["chosen"], task)
+        corrected = corrected_answer(said, record["chosen"], task) if correct and own_mistake else None
         source = "model" if own_mistake else "world"
         counts[source] += 1
-        lines.append(json.dumps({**record, "rejected": said if own_mistake else record["rejected"],
-                                 "rejected_source": source}) + "\n")
+        counts["corrected"] += corrected is not None
+        lines.append(json.dumps({**record, "chosen": corrected or record["chosen"],
+                                 "rejected": said if own_mistake else record["rejected"], "rejected_source": source,
+                                 "chosen_source": "corrected" if corrected else "truth"}) + "\n")
     out.parent.mkdir(parents=True, exist_ok=True)
     partial = out.with_name(out.name + f".{os.getpid()}.tmp")
     partial.write_text("".join(lines))

@@ -38,7 +38,7 @@ def build_model(cfg: TrainConfig) -> PPLLaVA:
 
 
 def build_data(cfg: TrainConfig, config: PPLLaVAConfig, train_pairs: Optional[Path] = None):
-    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed)
+    common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, cache_mb=cfg.media_cache_mb)
     if cfg.stage == "clip":
         return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                    filler=cfg.clip_filler, seed=cfg.seed, partial=cfg.clip_partial,
@@ -94,11 +94,12 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
     if cfg.lora_rank > 0 and cfg.stage in ("sft2", "dpo"):
         add_lora(model, cfg.lora_rank)
     train_pairs = None
-    if cfg.stage == "dpo" and cfg.dpo_pairs == "on_policy":
+    if cfg.stage == "dpo" and cfg.dpo_pairs != "world":
         # The starting model's own mistakes, before any DPO step; a resumed run keeps the first start's pairs.
         train_pairs = run_dir / "train_dpo_on_policy.jsonl"
         if not train_pairs.exists():
-            counts = on_policy_pairs(model, Path(cfg.data) / "train_dpo.jsonl", build_world_tokenizer(), train_pairs)
+            counts = on_policy_pairs(model, Path(cfg.data) / "train_dpo.jsonl", build_world_tokenizer(), train_pairs,
+                                     correct=cfg.dpo_pairs == "on_policy_corrected")
             (run_dir / "on_policy_counts.json").write_text(json.dumps(counts, indent=2))
     module = MODULES[cfg.stage](model, cfg)
     data = build_data(cfg, model.config, train_pairs)

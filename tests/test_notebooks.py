@@ -54,9 +54,11 @@ def check_05_sft(m):
 
 
 def check_06_dpo(m):
-    for side in ("before", "after"):
-        assert 0 <= m[side]["preference_accuracy"] <= 1 and 0 <= m[side]["hallucination_rate"] <= 1
-        assert m[side]["pairs"] > 0
+    for side in ("before", "after", *m["controls"]):
+        scores = m[side] if side in ("before", "after") else m["controls"][side]
+        assert 0 <= scores["preference_accuracy"] <= 1 and 0 <= scores["hallucination_rate"] <= scores["error_rate"] <= 1
+        assert scores["pairs"] > 0
+    assert len(m["controls"]) == 2 and m["pair_counts"]["model"] + m["pair_counts"]["world"] > 0
 
 
 def check_07_long_video(m):

@@ -267,12 +267,15 @@ def main(argv=None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--task-weight", nargs="*", default=[], metavar="TASK=WEIGHT",
                         help="skew the question mix, e.g. mc=10 (others weigh 1)")
+    parser.add_argument("--dpo-videos", nargs="*", default=[], metavar="SPLIT=COUNT",
+                        help="DPO pairs from videos of their own, e.g. train=3000 test=1000 (default: the split's videos)")
     args = parser.parse_args(argv)
     weights = {k: float(v) for k, _, v in (item.partition("=") for item in args.task_weight)} or None
+    dpo_videos = {k: int(v) for k, _, v in (item.partition("=") for item in args.dpo_videos)} or None
     spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames),
                      task_weights=weights, seed=args.seed)
     counts = write_world(args.out, spec, train=args.train, val=args.val, test=args.test,
-                         long_per_length=args.long_per_length if args.long_frames else 0)
+                         long_per_length=args.long_per_length if args.long_frames else 0, dpo_videos=dpo_videos)
     print(json.dumps(counts))
 
 

@@ -29,9 +29,14 @@ def normalise_answer(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
+def caption_parts(text: str) -> List[str]:
+    """A caption's clauses, normalised, in the order stated: "a star and a red circle" -> ["a star", "a red circle"]."""
+    return [c.strip() for c in normalise_answer(text).split(" and ") if c.strip()]
+
+
 def caption_clauses(text: str) -> List[str]:
-    """A caption's clauses, normalised and sorted: "a red circle and a star" -> ["a red circle", "a star"]."""
-    return sorted(c.strip() for c in normalise_answer(text).split(" and ") if c.strip())
+    """A caption's clauses, normalised and sorted: "a star and a red circle" -> ["a red circle", "a star"]."""
+    return sorted(caption_parts(text))
 
 
 def answer_correct(predicted: str, answer: str, task: str) -> bool:

@@ -50,7 +50,8 @@ def test_oracle_relevance_follows_the_coverage_or_falls_back_to_uniform():
     r = oracle_relevance(record, 4, 64, 16)
     assert r.shape == (4, 4, 4) and float(r.sum()) == pytest.approx(1.0)
     assert float(r[0].sum()) == 0 and float(r[3].sum()) == 0 and float(r[1].sum()) == pytest.approx(0.5)
-    assert torch.allclose(r[1] / r[1].sum(), object_coverage(record, [1], 64, 16)[0] / object_coverage(record, [1], 64, 16).sum())
+    seen = object_coverage(record, [1], 64, 16)[0]
+    assert torch.allclose(r[1] / r[1].sum(), seen / seen.sum())
     no_target = {**record, "target": None}
     assert torch.allclose(oracle_relevance(no_target, 2, 64, 16), torch.full((2, 4, 4), 1 / 32))
 

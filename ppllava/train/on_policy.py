@@ -21,7 +21,7 @@ from typing import Dict, Optional, Union
 
 from ppllava.data.dataset import read_records
 from ppllava.data.preference import PreferenceDataset
-from ppllava.evaluate import answer_correct, caption_clauses, generate_answers, hallucinates, normalise_answer
+from ppllava.evaluate import answer_correct, caption_clauses, caption_parts, generate_answers, hallucinates
 
 
 def corrected_answer(said: str, truth: str, task: str) -> Optional[str]:
@@ -31,8 +31,7 @@ def corrected_answer(said: str, truth: str, task: str) -> Optional[str]:
     if task != "caption" or not hallucinates(said, truth, task):
         return None
     true = set(caption_clauses(truth))
-    kept = [c.strip() for c in normalise_answer(said).split(" and ") if c.strip() in true]
-    return " and ".join(kept) or None
+    return " and ".join(c for c in caption_parts(said) if c in true) or None
 
 
 def on_policy_pairs(model, pairs: Union[str, Path], tokenizer, out: Union[str, Path], *, batch_size: int = 16,

@@ -42,8 +42,9 @@ class VideoChat:
         self.tokenizer = tokenizer or build_world_tokenizer()
         self.template, self.max_new_tokens = template, max_new_tokens
         self.history: List[ChatTurn] = []
-        reader = get_reader("decord")
-        indices, _ = sample_indices(reader.frame_count(self.video), model.config.num_frames)
+        reader = get_reader("decord")  # PyAV for a file decord refuses (tiny frames, GIFs), with a warning
+        # A video shorter than num_frames repeats frames in order; kept here so it can be shown, not hidden.
+        indices, self.repeated_frames = sample_indices(reader.frame_count(self.video), model.config.num_frames)
         self._frames = reader.read(self.video, indices)  # decoded once; the notebooks draw them per question
         self.pixels = MediaProcessor(model.config).video(self._frames)  # (T, 3, S, S)
         self.clip_tokenizer = open_clip.get_tokenizer("ViT-B-32")  # bundled vocabulary, offline

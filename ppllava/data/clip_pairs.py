@@ -3,18 +3,17 @@ pointing accuracy) and every object of the picture (for multi-positive contrasti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Union
+from typing import Dict, Optional, Sequence, Union
 
 import numpy as np
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 
 from ppllava.data.conversation import clip_prompt_text
 from ppllava.data.dataset import read_records
 from ppllava.data.oracle import object_coverage, object_patches
 from ppllava.data.scenes import COLOURS, SHAPES
-from ppllava.data.video import MediaError, get_reader
+from ppllava.data.video import MediaError, get_reader, read_image
 
 
 class ClipPairDataset(Dataset):
@@ -50,15 +49,18 @@ class ClipPairDataset(Dataset):
 
     def _load(self, index: int) -> Dict[str, object]:
         record, frame = self.items[index]
-        if "video" in record:
-            pixels = self.reader.read(self.root / record["video"], [frame])[0]
-        else:
-            path = self.root / record["image"]
-            if not path.is_file():
-                raise MediaError(f"{self.source}: record {record.get('id')}: {path}: no such image file")
-            pixels = np.array(Image.open(path).convert("RGB"))
+        try:  # the readers' MediaError names the file; this adds the record
+            if "video" in record:
+                pixels = self.reader.read(self.root / record["video"], [frame])[0]
+            else:
+                pixels = read_image(self.root / record["image"])
+        except MediaError as err:
+            raise MediaError(f"{self.source}: record {record.get('id')}: {err}") from err
         name = f"{record['target']['colour']} {record['target']['shape']}"
-        return {"pixel_values": self.processor([pixels], return_tensors="pt")["pixel_values"][0], "text": f"a {name}",
+        # channels_last: a frame 1, 3 or 4 pixels tall would otherwise be taken as channels-first
+        pixel_values = self.processor([pixels], return_tensors="pt", input_data_format="channels_last")
+        pixel_values = pixel_values["pixel_values"][0]
+        return {"pixel_values": pixel_values, "text": f"a {name}",
                 "name": name, "objects": list(record["objects"]), "question": clip_prompt_text(record["conversations"]),
                 "mask": object_patches(object_coverage(record, [frame], self.image_size, self.patch_size))[0]}
 

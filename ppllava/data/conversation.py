@@ -42,7 +42,10 @@ def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: st
     if template not in TEMPLATES:
         raise ValueError(f"template must be one of {tuple(TEMPLATES)}, got {template!r}")
     t = TEMPLATES[template]
-    if not turns or turns[-1].get("from") != "gpt" or not str(turns[-1].get("value", "")).strip():
+    for i, turn in enumerate(turns):  # str(None) would train as the word "None"
+        if not isinstance(turn.get("value"), str):
+            raise ValueError(f"record {record_id}: turn {i} has no text ('value' is {turn.get('value')!r})")
+    if not turns or turns[-1].get("from") != "gpt" or not turns[-1]["value"].strip():
         raise ValueError(f"record {record_id}: the conversation has no answer (its last turn must be a non-empty 'gpt' turn)")
     ids, labels = [], []
 
@@ -58,7 +61,7 @@ def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: st
         labels.append(IGNORE)
     add(t.system, False)
     for turn in turns:
-        who, text = turn.get("from"), str(turn.get("value", ""))
+        who, text = turn.get("from"), turn["value"]
         if who == "human":
             add(t.user + text + t.assistant, False)
         elif who == "gpt":
@@ -75,7 +78,10 @@ def clip_prompt_text(turns: Sequence[Dict[str, str]], mode: str = "question") ->
     """The text CLIP scores the patches against: the first question (inference) or the whole
     conversation, answers included (the released training code), media placeholders removed."""
     if mode == "question":
-        texts = [next(t["value"] for t in turns if t.get("from") == "human")]
+        # No bare next(): a StopIteration raised inside a Dataset ends the DataLoader's epoch silently.
+        texts = [t["value"] for t in turns if t.get("from") == "human"][:1]
+        if not texts:
+            raise ValueError("the conversation has no 'human' turn to take the CLIP prompt from")
     elif mode == "conversation":
         texts = [t["value"] for t in turns]
     else:

@@ -1,8 +1,10 @@
 """LightningDataModules over a written world (or any LLaVA-format data laid out the same way):
 interleaved SFT (image / video / multi-image mixed by ratio, each batch one media type), DPO pairs,
-and CLIP post-pretraining pairs. `SkipReport` prints the counted skips at each epoch's end."""
+and CLIP post-pretraining pairs. `SkipReport` reports the counted skips (skip_bad=True) by reason: the
+records dropped when the datasets were built, and those skipped while loading, at each epoch's end."""
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
@@ -75,7 +77,7 @@ class MediaBatchSampler(Sampler[List[int]]):
 class _Base(L.LightningDataModule):
     def __init__(self, root, config: PPLLaVAConfig, tokenizer=None, *, batch_size: int = 8, template: str = "vicuna_v1",
                  reader: str = "decord", sampling: str = "uniform", num_workers: int = 0, skip_bad: bool = False,
-                 max_length: int = 2048, seed: int = 0, tasks: Optional[Sequence[str]] = None, cache_mb: float = 0):
+                 max_length: Optional[int] = None, seed: int = 0, tasks: Optional[Sequence[str]] = None, cache_mb: float = 0):
         super().__init__()
         if tokenizer is None:
             from ppllava.data.tokenizer import build_world_tokenizer
@@ -190,17 +192,59 @@ class ClipPairsDataModule(L.LightningDataModule):
         return self._loader("val", False)
 
 
+def _by_reason(counts: Dict[str, int]) -> str:
+    return ", ".join(f"{reason} {n}" for reason, n in sorted(counts.items()))
+
+
 class SkipReport(L.Callback):
-    """Counts the samples skipped (skip_bad=True) in each epoch and reports them at its end."""
+    """Reports the records skipped (skip_bad=True), counted by reason: those dropped when the datasets
+    were built once, when training starts (logged as data/skipped_at_build), and those skipped while
+    loading at the end of each training and validation epoch (data/skipped, data/val_skipped)."""
 
     def __init__(self):
-        self.reasons: List[str] = []
+        self.skips: Dict[str, List[tuple]] = {"train": [], "val": []}  # (reason, message) per stage
+        self.at_build: Dict[str, int] = {}
+
+    @staticmethod
+    def _datasets(trainer) -> Dict[str, object]:
+        datasets = getattr(getattr(trainer, "datamodule", None), "datasets", None)
+        if datasets is None:  # dataloaders given to fit() directly
+            datasets = {"train": getattr(getattr(trainer, "train_dataloader", None), "dataset", None)}
+        return {split: ds for split, ds in datasets.items() if hasattr(ds, "skipped_at_build")}
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        for split, ds in sorted(self._datasets(trainer).items()):
+            counts = ds.skipped_at_build()
+            if counts:
+                print(f"[ppllava] {split}: skipped {sum(counts.values())} bad records when building the dataset "
+                      f"({_by_reason(counts)}); first: {ds.invalid[0]}")
+                self.at_build = dict(Counter(self.at_build) + Counter(counts))
+
+    def _collect(self, stage: str, batch) -> None:
+        skipped = list(batch.get("skipped", []))
+        reasons = list(batch.get("skip_reasons", []))
+        reasons += ["unknown"] * (len(skipped) - len(reasons))  # a batch from a collator that gives none
+        self.skips[stage] += list(zip(reasons, skipped))
+
+    def _report(self, stage: str, trainer, pl_module, name: str) -> None:
+        skips, self.skips[stage] = self.skips[stage], []
+        if skips:
+            counts = Counter(reason for reason, _ in skips)
+            where = f"epoch {trainer.current_epoch}" + ("" if stage == "train" else f" ({stage})")
+            print(f"[ppllava] {where}: skipped {len(skips)} bad samples ({_by_reason(counts)}); first: {skips[0][1]}")
+            pl_module.log(name, float(len(skips)))
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self.reasons += list(batch.get("skipped", []))
+        self._collect("train", batch)
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
+        self._collect("val", batch)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
-        if self.reasons:
-            print(f"[ppllava] epoch {trainer.current_epoch}: skipped {len(self.reasons)} bad samples; first: {self.reasons[0]}")
-            pl_module.log("data/skipped", float(len(self.reasons)))
-        self.reasons = []
+        self._report("train", trainer, pl_module, "data/skipped")
+        if self.at_build:  # once, with the first epoch's numbers
+            pl_module.log("data/skipped_at_build", float(sum(self.at_build.values())))
+            self.at_build = {}
+
+    def on_validation_epoch_end(self, trainer, pl_module) -> None:
+        self._report("val", trainer, pl_module, "data/val_skipped")

@@ -9,45 +9,55 @@ from typing import Dict, List, Sequence, Union
 from torch.utils.data import Dataset
 
 from ppllava.data.conversation import encode_conversation
-from ppllava.data.dataset import Collator, LLaVADataset, Sample, read_records
+from ppllava.data.dataset import Collator, LLaVADataset, RecordError, Sample
+
+PAIR_KEYS = ("prompt", "chosen", "rejected")
 
 
-def _conversation(record: dict, answer_key: str, source: str) -> dict:
-    for key in ("prompt", answer_key):
-        if not str(record.get(key, "")).strip():
-            raise ValueError(f"{source}: preference record {record.get('id', '?')} has no {key!r}")
-    token = "<video>" if "video" in record else "<image>"
-    # The task rides along: how an answer is scored depends on it (a caption's clauses in any order).
-    kept = {k: record[k] for k in ("video", "image", "task") if k in record}
-    return {"id": record.get("id"), **kept, "conversations": [
-        {"from": "human", "value": f"{token}\n{record['prompt']}"}, {"from": "gpt", "value": record[answer_key]}]}
+def pair_record(pair: dict) -> dict:
+    """A preference pair as a LLaVA record: the chosen answer as its conversation, the rejected one as
+    `rejected_conversations` (so the two stay paired when skip_bad drops records), every other key kept
+    (an unknown media key among them is then refused like any record's)."""
+    for key in PAIR_KEYS:
+        value = pair.get(key)
+        if not isinstance(value, str) or not value.strip():
+            raise RecordError(f"a preference pair needs a non-empty {key!r} string, got {value!r}",
+                              reason="no_question" if key == "prompt" else "no_answer", field=key)
+    token = "<video>" if "video" in pair else "<image>"
+    question = {"from": "human", "value": f"{token}\n{pair['prompt']}"}
+    record = {k: v for k, v in pair.items() if k not in PAIR_KEYS}
+    record["conversations"] = [question, {"from": "gpt", "value": pair["chosen"]}]
+    record["rejected_conversations"] = [question, {"from": "gpt", "value": pair["rejected"]}]
+    return record
 
 
 class PreferenceDataset(Dataset):
-    """Each item: {"chosen": Sample, "rejected": Sample}, decoding the media once."""
+    """Each item: {"chosen": Sample, "rejected": Sample}, decoding the media once. Faults are the base
+    LLaVADataset's RecordErrors, naming the pairs file and line."""
 
     def __init__(self, annotations: Union[str, Path], config, tokenizer, **dataset_kwargs):
         self.source = str(annotations)
-        # The rejected turns ride in the chosen record, so they stay paired with it even when
-        # skip_bad drops records from the base dataset.
-        records = [{**_conversation(r, "chosen", self.source),
-                    "rejected_conversations": _conversation(r, "rejected", self.source)["conversations"]}
-                   for r in read_records(annotations)]
-        self.base = LLaVADataset(records, config, tokenizer,
-                                 media_root=dataset_kwargs.pop("media_root", Path(annotations).parent), **dataset_kwargs)
+        self.base = LLaVADataset(annotations, config, tokenizer, convert=pair_record, **dataset_kwargs)
 
     def __len__(self) -> int:
         return len(self.base)
 
+    @property
+    def invalid(self) -> List[RecordError]:
+        return self.base.invalid
+
+    def skipped_at_build(self) -> Dict[str, int]:
+        return self.base.skipped_at_build()
+
     def __getitem__(self, index: int):
-        chosen = self.base[index]
-        if not isinstance(chosen, Sample):  # a counted skip
-            return chosen
+        return self.base.serve(index, self._pair)
+
+    def _pair(self, index: int) -> Dict[str, Sample]:
+        chosen = self.base.load(index)
         ids, labels = encode_conversation(chosen.record["rejected_conversations"], self.base.tokenizer,
                                           self.base.template, chosen.id)
-        frames = [chosen.pixels.shape[0]] if chosen.kind == "video" else []
-        expanded = self.base.layout.expand_placeholders(ids, image_sizes=chosen.image_sizes,
-                                                        image_crops=chosen.image_crops, video_frames=frames)
+        expanded = self.base.expand(index, ids, chosen.kind, chosen.pixels, chosen.image_sizes, chosen.image_crops,
+                                    field="rejected")
         rejected = replace(chosen, input_ids=expanded, labels=self.base._expand_labels(ids, labels, expanded))
         return {"chosen": chosen, "rejected": rejected}
 
@@ -60,6 +70,8 @@ class PreferenceCollator:
 
     def __call__(self, items: Sequence) -> Dict[str, object]:
         pairs = [item for item in items if "chosen" in item]
+        skips = [item for item in items if "skipped" in item]
         chosen = self.collator([p["chosen"] for p in pairs])
         rejected = self.collator([p["rejected"] for p in pairs])
-        return {"chosen": chosen, "rejected": rejected, "skipped": [i["skipped"] for i in items if "skipped" in i]}
+        return {"chosen": chosen, "rejected": rejected, "skipped": [s["skipped"] for s in skips],
+                "skip_reasons": [s["reason"] for s in skips]}

@@ -7,6 +7,7 @@ Paper shape: B=1, T=32, H=W=24, D=4096, kernel = stride = (2, 3, 3) -> 1024 toke
 avg_pool3d gets its data channel-major (B, D, T, H, W), as torch wants it; the other two get the
 model's token-major (B, N, D). Targets (issue #2): forward <= 1.0x avg_pool3d, forward+backward
 <= 1.5x, >= 8x faster than unfold, no copy of the input per kernel element (peak extra memory).
+Issue #13: what the NaN/Inf check of the tokens and the map costs (check_finite on vs off).
 """
 from __future__ import annotations
 
@@ -57,6 +58,7 @@ def runners(shape, dtype, device, backward):
     ops = {
         "avg_pool3d": lambda: F.avg_pool3d(x_cm, KERNEL),
         "prompt_guided_pool3d": lambda: prompt_guided_pool3d(x, s, grid, kernel=KERNEL)[0],
+        "prompt_guided_pool3d unchecked": lambda: prompt_guided_pool3d(x, s, grid, kernel=KERNEL, check_finite=False)[0],
         "unfold": lambda: unfold_pool(x_cm, s, KERNEL),
     }
     if not backward:
@@ -95,7 +97,8 @@ def main():
     for phase, backward in (("forward", False), ("forward+backward", True)):
         with torch.set_grad_enabled(backward):
             for name, fn in runners(shape, dtype, args.device, backward).items():
-                result["ms"][f"{name} {phase}"] = time_ms(fn, args.device, args.repeats)
+                # 3 warm-up calls: on a shared CPU the first op timed otherwise absorbs page faults
+                result["ms"][f"{name} {phase}"] = time_ms(fn, args.device, args.repeats, warmup=3)
     for name in ("avg_pool3d", "prompt_guided_pool3d", "unfold"):
         setup = functools.partial(_forward_backward, shape, dtype, args.device, name)
         result["peak_extra_mib"][name] = peak_extra_mib(setup, args.device)
@@ -108,6 +111,9 @@ def main():
             ms["prompt_guided_pool3d forward+backward"] / ms["avg_pool3d forward+backward"],
         "unfold forward / ours (target >= 8)": ms["unfold forward"] / ms["prompt_guided_pool3d forward"],
         "unfold forward+backward / ours": ms["unfold forward+backward"] / ms["prompt_guided_pool3d forward+backward"],
+        "finite check on / off, forward": ms["prompt_guided_pool3d forward"] / ms["prompt_guided_pool3d unchecked forward"],
+        "finite check on / off, forward+backward":
+            ms["prompt_guided_pool3d forward+backward"] / ms["prompt_guided_pool3d unchecked forward+backward"],
     }
 
     print(f"shape (B,T,H,W,D) = {shape}, kernel = stride = {KERNEL}, {args.device} {args.dtype}, "

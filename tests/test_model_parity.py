@@ -126,3 +126,37 @@ def test_released_ppllava_layout_brings_its_own_clip_side(checkpoints, tmp_path)
     # The LLaVA side is untouched by the extra keys.
     plain = from_llava_next(checkpoints["llava"], pooling="none")
     torch.testing.assert_close(ours.projector.linear_1.weight, plain.projector.linear_1.weight)
+
+
+def test_spatial_pooling_equals_llava_next_video_on_an_odd_patch_grid(tmp_path):
+    """80 px frames, 5 x 5 patches: transformers' avg_pool2d (floor mode) drops the last row and
+    column; the 'spatial' mode drops the same ones (its explicit remainder='drop')."""
+    checkpoint = llava_next_video_dir(tmp_path / "odd", image_size=80)
+    ours = from_llava_next(checkpoint, pooling="spatial", pool_position="before_projector", num_frames=2).eval()
+    ref = LlavaNextVideoForConditionalGeneration.from_pretrained(checkpoint).eval()
+    video = torch.randn(1, 2, 3, 80, 80, generator=torch.Generator().manual_seed(2))
+    assert ours.patch_grid == 5 and ours.video_token_count(2) == 2 * 2 * 2
+    ids = prompt_with(VIDEO_TOKEN, ours.video_token_count(2))
+    with torch.no_grad():
+        expected = ref(input_ids=ids, pixel_values_videos=video).logits
+        got = ours(ids, pixel_values_videos=video).logits
+    torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("mode,stride", [("max", 2), ("average", 4), ("max", 3)])
+def test_llava_next_video_poolers_spatial_does_not_reproduce_are_refused_by_name(tmp_path, mode, stride):
+    checkpoint = llava_next_video_dir(tmp_path / f"video-{mode}-{stride}", spatial_pool_mode=mode,
+                                      spatial_pool_stride=stride)
+    with pytest.raises(ValueError, match=rf"video-{mode}-{stride}: spatial_pool_mode '{mode}', spatial_pool_stride "
+                                         rf"{stride}: pooling 'spatial' .* only for spatial_pool_mode 'average' with "
+                                         "spatial_pool_stride 2"):
+        from_llava_next(checkpoint, pooling="spatial", num_frames=4)
+    # The other modes replace the checkpoint's (weightless) pooler by design: it loads.
+    assert from_llava_next(checkpoint, pooling="adaptive", video_output_size=(1, 2, 2), num_frames=4).video_token_count(4) == 4
+
+
+@pytest.mark.parametrize("pooling", ["spatial", "prompt"])
+def test_a_learned_conv_pooler_is_refused_in_every_mode(tmp_path, pooling):
+    checkpoint = llava_next_video_dir(tmp_path / "conv", spatial_pool_mode="conv")
+    with pytest.raises(ValueError, match=r"conv: spatial_pool_mode 'conv' is a learned pooler whose weights PPLLaVA would drop"):
+        from_llava_next(checkpoint, pooling=pooling, num_frames=4)

@@ -29,7 +29,7 @@ def channel_major(x, grid):
 )
 def test_uniform_tiling_windows_equal_avg_pool3d(grid, kernel):
     x = tokens(2, grid, 16)
-    pooled, out = prompt_guided_pool3d(x, None, grid, kernel=kernel)
+    pooled, out = prompt_guided_pool3d(x, None, grid, kernel=kernel, remainder="drop")
     ref = F.avg_pool3d(channel_major(x, grid), kernel)  # floor mode drops the same remainder
     assert out == tuple(ref.shape[2:])
     torch.testing.assert_close(pooled, ref.permute(0, 2, 3, 4, 1).reshape(2, -1, 16))
@@ -48,8 +48,8 @@ def test_uniform_relevance_map_equals_avg_pool3d_for_both_weightings():
 def test_uniform_overlapping_windows_equal_window_mean():
     grid = (5, 6, 7)
     x = tokens(1, grid, 8)
-    out, kernel, stride = window_geometry(grid, kernel=(3, 3, 4), stride=(1, 2, 1))
-    pooled, _ = prompt_guided_pool3d(x, None, grid, kernel=kernel, stride=stride)
+    out, kernel, stride = window_geometry(grid, kernel=(3, 3, 4), stride=(1, 2, 1), remainder="drop")  # H: 5 of 6
+    pooled, _ = prompt_guided_pool3d(x, None, grid, kernel=kernel, stride=stride, remainder="drop")
     torch.testing.assert_close(pooled.double(), pool_by_loop(x, None, grid, out, kernel, stride))
 
 
@@ -77,7 +77,7 @@ def test_both_weightings_equal_a_plain_loop_over_windows(grid, geometry, weighti
 
 
 @pytest.mark.parametrize("weighting", ["softmax", "normalized"])
-@pytest.mark.parametrize("geometry", [dict(kernel=(2, 2, 2)), dict(kernel=(2, 3, 2), stride=(1, 1, 2))])
+@pytest.mark.parametrize("geometry", [dict(kernel=(2, 2, 2), remainder="drop"), dict(kernel=(2, 3, 2), stride=(1, 1, 2))])
 def test_gradients_reach_tokens_and_relevance(weighting, geometry):
     grid = (3, 4, 4)
     x = tokens(1, grid, 3, dtype=torch.float64).requires_grad_()
@@ -190,7 +190,7 @@ def test_gpu_tiled_formulation_equals_the_offset_loop(grid, kernel, dtype):
     from ppllava.ops.geometry import window_geometry as geo
     from ppllava.ops.pooling import _tiled_weighted_sum, _WindowWeightedSum, window_weights
 
-    out, ker, st = geo(grid, kernel=kernel)
+    out, ker, st = geo(grid, kernel=kernel, remainder="drop")
     x = tokens(2, grid, 16).to(dtype).reshape(2, *grid, 16)
     s = relevance_map(2, grid, peaked=False)
     grads = []

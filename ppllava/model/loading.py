@@ -124,12 +124,15 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_mo
     (pooling, num_frames, kernels, switches).
 
     The vision tower, projector, newline and LLM are transformers' own modules, loaded by
-    transformers (all its checkpoint conversions apply) and used as they are.
+    transformers (all its checkpoint conversions apply) and used as they are. A LLaVA-NeXT-Video
+    checkpoint's own pooler is replaced by the configured pooling; see `_check_video_pooler`.
     """
     llava = Path(llava)
-    if vision_strategy := getattr(AutoConfig.from_pretrained(llava), "vision_feature_select_strategy", "default"):
+    hf_config = AutoConfig.from_pretrained(llava)
+    if vision_strategy := getattr(hf_config, "vision_feature_select_strategy", "default"):
         if vision_strategy != "default":
             raise ValueError(f"{llava}: vision_feature_select_strategy {vision_strategy!r}; PPLLaVA drops CLS ('default')")
+    _check_video_pooler(hf_config, llava, overrides.get("pooling", PPLLaVAConfig.pooling))
     from transformers import AutoModelForImageTextToText
 
     loaded, info = AutoModelForImageTextToText.from_pretrained(llava, output_loading_info=True, dtype=dtype)
@@ -170,6 +173,26 @@ def from_llava_next(llava: PathLike, clip: Optional[PathLike] = None, *, clip_mo
                     parts=parts)
     model.load_report = info
     return model.to(dtype) if dtype is not None else model
+
+
+def _check_video_pooler(hf_config, llava: Path, pooling: str) -> None:
+    """Refuse, by name, a LLaVA-NeXT-Video pooler the kit would not reproduce.
+
+    Pooling "spatial" is transformers' `LlavaNextVideoPooler` exactly for its released setting,
+    spatial_pool_mode "average" with spatial_pool_stride 2 (avg_pool2d, floor mode); other
+    settings would load and then compute something else, so they are refused. The other modes
+    replace the pooler by design, except over a "conv" pooler, whose learned weights would be
+    dropped."""
+    if getattr(hf_config, "model_type", None) != "llava_next_video":
+        return
+    mode, stride = hf_config.spatial_pool_mode, hf_config.spatial_pool_stride
+    if mode == "conv":
+        raise ValueError(f"{llava}: spatial_pool_mode 'conv' is a learned pooler whose weights PPLLaVA would drop; "
+                         "supported: 'average' (and 'max' with a pooling mode other than 'spatial')")
+    if pooling == "spatial" and (mode, stride) != ("average", 2):
+        raise ValueError(f"{llava}: spatial_pool_mode {mode!r}, spatial_pool_stride {stride}: pooling 'spatial' "
+                         "reproduces LLaVA-NeXT-Video's pooler only for spatial_pool_mode 'average' with "
+                         "spatial_pool_stride 2; choose another pooling mode, which replaces the pooler")
 
 
 RELEASED_CLIP = "multi_modal_projector."  # where the released PPLLaVA checkpoints keep their CLIP side

@@ -24,10 +24,11 @@ from transformers import AutoModelForCausalLM, CLIPTextModel, CLIPVisionModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ppllava.config import PPLLaVAConfig
-from ppllava.model import anyres
+from ppllava.model import anyres, inputs
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
 from ppllava.model.token_layout import TokenLayout
-from ppllava.ops import extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d, prompt_relevance
+from ppllava.ops import (check_finite, extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d,
+                         prompt_relevance)
 
 
 class Projector(nn.Module):
@@ -150,11 +151,14 @@ class PPLLaVA(nn.Module):
     def relevance_maps(self, pixel_values_videos: torch.Tensor, clip_input_ids: torch.Tensor):
         """(r, s) of DESIGN.md §2 for each video and its prompt, each (n, T, g, g) float32: what the
         alignment notebook draws, frame by frame."""
+        inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
+        inputs.check_clip_input_ids(clip_input_ids, n, "videos")
         g = self.patch_grid
         patches = self._patch_features(pixel_values_videos.flatten(0, 1))
         e = self._patch_embeds(patches).view(n, T, g, g, -1)
-        return prompt_relevance(e, self.encode_prompts(clip_input_ids), self.logit_scale)
+        return prompt_relevance(e, self.encode_prompts(clip_input_ids), self.logit_scale,
+                                check_finite=self.config.check_finite)
 
     def extend_clip_context(self, init: str = "interpolate", generator: Optional[torch.Generator] = None) -> "PPLLaVA":
         """Stretch a CLIP text tower trained at `clip_context` positions (77) to `clip_extended_context`
@@ -173,12 +177,17 @@ class PPLLaVA(nn.Module):
         cfg = self.config
         if media == "image":  # crops on the T axis; every mode but 'none' pools each crop with the image kernel
             if cfg.pooling == "none":
+                if cfg.check_finite:
+                    check_finite(x, "image visual tokens")
                 return x
             weights = relevance if cfg.pooling == "prompt" else None
+            # Image crops keep floor mode where the kernel does not tile the grid, as the reference
+            # does (issue #13); TokenLayout.image_crop_grid counts the same.
             return prompt_guided_pool3d(x, weights, grid, kernel=cfg.image_kernel, temperature=cfg.pool_temperature,
-                                        weighting=cfg.weighting)[0]
+                                        weighting=cfg.weighting, remainder="drop", check_finite=cfg.check_finite)[0]
         return pool_visual_tokens(x, grid, cfg.pooling, relevance=relevance, temperature=cfg.pool_temperature,
-                                  weighting=cfg.weighting, **self.layout.video_pool_geometry())[0]
+                                  weighting=cfg.weighting, check_finite=cfg.check_finite,
+                                  **self.layout.video_pool_geometry())[0]
 
     def _tokens(self, patches: torch.Tensor, grid, relevance, media: str) -> torch.Tensor:
         """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector."""
@@ -190,15 +199,20 @@ class PPLLaVA(nn.Module):
                      relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
         video, for 'prompt' pooling; or `relevance` (n, T, g, g) to pool by a given map (an oracle)."""
+        inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
         g = self.patch_grid
-        self.video_geometry(T)  # a clear error for too few frames before any compute
+        self.video_geometry(T)  # a clear error for frames the pooling does not cover, before any compute
+        if relevance is not None:
+            inputs.check_relevance(relevance, n, T, g, self.config.check_finite)
+        elif prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[0] != n):
+            raise ValueError(f"prompt_embeds must have shape (n, Dc) with n = {n} videos, got {tuple(prompt_embeds.shape)}")
+        elif self.config.pooling == "prompt" and prompt_embeds is None:
+            raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
         patches = self._patch_features(pixel_values_videos.flatten(0, 1)).reshape(n, T * g * g, -1)
         if self.config.pooling == "prompt" and relevance is None:
-            if prompt_embeds is None:
-                raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
             relevance = prompt_relevance(self._patch_embeds(patches).view(n, T, g, g, -1), prompt_embeds,
-                                         self.logit_scale)[1]
+                                         self.logit_scale, check_finite=self.config.check_finite)[1]
         return self._tokens(patches, (T, g, g), relevance, "video")
 
     def image_tokens(self, pixel_values: torch.Tensor, image_sizes, image_crops: Sequence[int],
@@ -217,7 +231,7 @@ class PPLLaVA(nn.Module):
                 if prompt_embeds is None:
                     raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
                 relevance = prompt_relevance(self._patch_embeds(x).view(1, c, g, g, -1), prompt_embeds[i : i + 1],
-                                             self.logit_scale)[1]
+                                             self.logit_scale, check_finite=self.config.check_finite)[1]
             tokens = self._tokens(x, (c, g, g), relevance, "image")[0]  # (c * crop_grid^2, D)
             out.append(anyres.pack_image_tokens(tokens.view(c, crop_grid * crop_grid, -1), crop_grid, size,
                                                 self.config.image_grid_pinpoints, self.vision_config.image_size,
@@ -242,12 +256,36 @@ class PPLLaVA(nn.Module):
             used += count
         return owners
 
+    def _check_batch(self, input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
+                     video_relevance) -> None:
+        """Every batch fault named before any compute (see `ppllava.model.inputs`)."""
+        cfg, size = self.config, self.vision_config.image_size
+        batch = inputs.check_input_ids(input_ids)
+        if clip_input_ids is not None:
+            inputs.check_clip_input_ids(clip_input_ids, batch, "samples (input_ids rows)")
+        if pixel_values is not None:
+            inputs.check_images(pixel_values, image_sizes, image_crops, size)
+        if pixel_values_videos is not None:
+            inputs.check_pixels(pixel_values_videos, "pixel_values_videos", size, "T")
+            self.video_geometry(pixel_values_videos.shape[1])  # frames the pooling does not cover
+            if video_relevance is not None:
+                inputs.check_relevance(video_relevance, *pixel_values_videos.shape[:2], self.patch_grid, cfg.check_finite)
+        elif video_relevance is not None:
+            raise ValueError("video_relevance was given without pixel_values_videos")
+        if video_relevance is not None and cfg.pooling != "prompt":  # it would be ignored without a word
+            raise ValueError(f"video_relevance weights pooling 'prompt' only; this model pools {cfg.pooling!r}")
+        needs_prompt = pixel_values is not None or (pixel_values_videos is not None and video_relevance is None)
+        if cfg.pooling == "prompt" and needs_prompt and clip_input_ids is None:
+            raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
+
     def embed_inputs(self, input_ids: torch.Tensor, *, pixel_values: Optional[torch.Tensor] = None,
                      image_sizes=None, image_crops: Optional[Sequence[int]] = None,
                      pixel_values_videos: Optional[torch.Tensor] = None, clip_input_ids: Optional[torch.Tensor] = None,
                      video_relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings with the visual tokens scattered into their placeholders: (B, L, D)."""
         cfg = self.config
+        self._check_batch(input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
+                          video_relevance)
         embeds = self.language_model.get_input_embeddings()(input_ids)
         image_mask, video_mask = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
         prompts = None

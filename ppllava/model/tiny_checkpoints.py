@@ -18,9 +18,9 @@ IMAGE_TOKEN, VIDEO_TOKEN, VOCAB = 100, 101, 128
 PINPOINTS = [[64, 64], [64, 128], [128, 64], [128, 128]]
 
 
-def _towers():
+def _towers(image_size: int = 64):
     vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
-                              image_size=64, patch_size=16, projection_dim=16, hidden_act="quick_gelu")
+                              image_size=image_size, patch_size=16, projection_dim=16, hidden_act="quick_gelu")
     text = LlamaConfig(vocab_size=VOCAB, hidden_size=48, intermediate_size=96, num_hidden_layers=2,
                        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512, pad_token_id=0,
                        bos_token_id=1, eos_token_id=2)
@@ -36,12 +36,16 @@ def llava_next_dir(path: Path) -> Path:
     return path
 
 
-def llava_next_video_dir(path: Path) -> Path:
+def llava_next_video_dir(path: Path, *, spatial_pool_mode: str = "average", spatial_pool_stride: int = 2,
+                         image_size: int = 64) -> Path:
+    """The released pooler setting by default; other settings and frame sizes (80 px: an odd 5 x 5
+    patch grid) for the tests of what the loader reproduces or refuses."""
     torch.manual_seed(1)
-    vision, text = _towers()
+    vision, text = _towers(image_size)
     config = LlavaNextVideoConfig(vision_config=vision.to_dict(), text_config=text.to_dict(),
                                   image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN,
-                                  image_grid_pinpoints=PINPOINTS, spatial_pool_mode="average", spatial_pool_stride=2)
+                                  image_grid_pinpoints=PINPOINTS, spatial_pool_mode=spatial_pool_mode,
+                                  spatial_pool_stride=spatial_pool_stride)
     LlavaNextVideoForConditionalGeneration(config).save_pretrained(path)
     return path
 

@@ -35,7 +35,7 @@ class TokenLayout:
                 return grid
             if cfg.pooling == "temporal_mean":
                 return (1, g, g)
-            if cfg.pooling == "spatial":
+            if cfg.pooling == "spatial":  # LLaVA-NeXT-Video's 2 x 2 pool, floor mode on odd grids
                 return (num_frames, max(1, g // 2), max(1, g // 2))
             return window_geometry(grid, **self.video_pool_geometry())[0]
         except ValueError as err:
@@ -49,7 +49,8 @@ class TokenLayout:
         g = self.patch_grid
         if self.config.pooling == "none":
             return g
-        return window_geometry((1, g, g), kernel=self.config.image_kernel)[0][1]
+        # Floor mode, as `PPLLaVA._pool` pools image crops (the reference's behaviour there).
+        return window_geometry((1, g, g), kernel=self.config.image_kernel, remainder="drop")[0][1]
 
     def image_crops(self, image_size) -> int:
         """Crops of an image of (H, W) pixels in LLaVA-NeXT's any-resolution layout."""

@@ -7,6 +7,7 @@ from ppllava.ops.clip_context import (
     extend_clip_text_context,
     tokenize_clip_prompts,
 )
+from ppllava.ops.checks import check_finite
 from ppllava.ops.geometry import window_geometry
 from ppllava.ops.pooling import (
     POOLING_MODES,
@@ -20,7 +21,7 @@ from ppllava.ops.relevance import prompt_relevance
 
 __all__ = [
     "ClipPromptTruncated", "ExtendedPositionEmbedding", "POOLING_MODES", "WEIGHTINGS",
-    "adaptive_pool3d", "clip_context_length", "extend_clip_positions", "extend_clip_text_context",
+    "adaptive_pool3d", "check_finite", "clip_context_length", "extend_clip_positions", "extend_clip_text_context",
     "pool_visual_tokens", "prompt_guided_pool3d", "prompt_relevance", "tokenize_clip_prompts",
     "window_geometry", "window_weights",
 ]

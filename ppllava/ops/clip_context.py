@@ -15,6 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ppllava.ops.checks import check_finite
+
 EXTENSION_INITS = ("interpolate", "random")
 
 
@@ -38,6 +40,7 @@ def extend_clip_positions(table: torch.Tensor, keep: int = 20, factor: int = 4) 
         raise ValueError(f"keep must be in [1, L - 2] = [1, {length - 2}], got {keep}")
     if factor < 1:
         raise ValueError(f"factor must be >= 1, got {factor}")
+    check_finite(table, "table (CLIP position table)")  # once per extension, never on a hot path
     dtype = torch.promote_types(table.dtype, torch.float32)
     p = table.to(dtype)
     m = torch.arange(factor, dtype=dtype, device=table.device) / factor  # (factor,)

@@ -17,6 +17,7 @@ from typing import Iterator, Optional, Tuple
 import torch
 import torch.nn.functional as F
 
+from ppllava.ops.checks import check_finite as _check_finite
 from ppllava.ops.geometry import IntOrTriple, Triple, as_triple, window_geometry
 
 POOLING_MODES = ("none", "temporal_mean", "adaptive", "spatial", "prompt")
@@ -129,7 +130,7 @@ def window_weights(
 
 
 def _check_tokens(x: torch.Tensor, grid) -> Triple:
-    grid = as_triple(tuple(grid), "grid")
+    grid = as_triple(grid, "grid")
     if x.ndim != 3:
         raise ValueError(f"x must have shape (B, N, D), got {tuple(x.shape)}")
     n = grid[0] * grid[1] * grid[2]
@@ -148,6 +149,8 @@ def prompt_guided_pool3d(
     stride: Optional[IntOrTriple] = None,
     temperature: float = 0.01,
     weighting: str = "softmax",
+    remainder: str = "error",
+    check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Triple]:
     """Convolution-style 3D pooling in which each window is the relevance-weighted mix of its
     tokens: out[w] = sum_{i in w} a_i x_i (DESIGN.md §2).
@@ -161,6 +164,9 @@ def prompt_guided_pool3d(
             `window_geometry`. Windows may overlap.
         temperature: softmax temperature, > 0.
         weighting: "softmax" or "normalized" (see `window_weights`).
+        remainder: "error" refuses windows that leave tokens uncovered; "drop" leaves them
+            out, as floor-mode avg_pool3d does (see `window_geometry`).
+        check_finite: raise a ValueError naming `x` or `relevance` if it holds NaN or Inf.
 
     Returns:
         (pooled, out_grid): pooled of shape `(B, T'*H'*W', D)` in the dtype of `x` (weights and
@@ -173,14 +179,18 @@ def prompt_guided_pool3d(
         raise ValueError(f"temperature must be > 0, got {temperature}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    out, ker, st = window_geometry(grid, output_size, kernel, stride)
+    out, ker, st = window_geometry(grid, output_size, kernel, stride, remainder=remainder)
     B, _, D = x.shape
+    if check_finite:
+        _check_finite(x, "x (visual tokens)")
     if relevance is None:
         k = ker[0] * ker[1] * ker[2]
         weights = torch.full((1, 1, 1, 1, k), 1.0 / k, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
     else:
         if tuple(relevance.shape) != (B, *grid):
             raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
+        if check_finite:
+            _check_finite(relevance, "relevance")
         weights = window_weights(relevance, out, ker, st, temperature, weighting)
     x5 = x.reshape(B, *grid, D)
     if x.is_cuda and ker == st:
@@ -190,15 +200,18 @@ def prompt_guided_pool3d(
     return pooled.reshape(B, -1, D), out
 
 
-def adaptive_pool3d(x: torch.Tensor, grid, output_size: IntOrTriple) -> Tuple[torch.Tensor, Triple]:
+def adaptive_pool3d(x: torch.Tensor, grid, output_size: IntOrTriple, *,
+                    check_finite: bool = True) -> Tuple[torch.Tensor, Triple]:
     """PLLaVA's pooling: `torch.nn.functional.adaptive_avg_pool3d` to `output_size`.
 
-    x (B, N, D) -> ((B, T'*H'*W', D), (T', H', W'))."""
+    x (B, N, D) -> ((B, T'*H'*W', D), (T', H', W')); `check_finite` as in `prompt_guided_pool3d`."""
     grid = _check_tokens(x, grid)
     out = as_triple(output_size, "output_size")
     for axis, (o, i) in enumerate(zip(out, grid)):
         if not 1 <= o <= i:
             raise ValueError(f"axis {'THW'[axis]}: output_size {o} must be in [1, input size {i}]")
+    if check_finite:
+        _check_finite(x, "x (visual tokens)")
     B, _, D = x.shape
     channel_major = x.reshape(B, *grid, D).permute(0, 4, 1, 2, 3)  # (B, D, T, H, W), no copy
     pooled = F.adaptive_avg_pool3d(channel_major, out)  # (B, D, T', H', W')
@@ -216,6 +229,7 @@ def pool_visual_tokens(
     stride: Optional[IntOrTriple] = None,
     temperature: float = 0.01,
     weighting: str = "softmax",
+    check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Triple]:
     """Pool visual tokens by mode name, all modes with one contract: (B, N, D) -> ((B, N', D), grid').
 
@@ -223,31 +237,39 @@ def pool_visual_tokens(
         "none": all tokens.
         "temporal_mean": mean over frames (LLaVA-style), grid (1, H, W).
         "adaptive": PLLaVA's adaptive average pooling to `output_size`.
-        "spatial": LLaVA-NeXT-Video's 2x2 average per frame (floor mode), grid (T, H//2, W//2).
+        "spatial": LLaVA-NeXT-Video's 2x2 average per frame, grid (T, H//2, W//2); the one mode
+            that drops a remainder (an odd row / column), because its reference's floor mode does.
         "prompt": this method; needs `relevance` and a geometry (output_size and/or kernel, stride).
 
     `relevance`, `temperature` and `weighting` are read by "prompt" only. The fixed-geometry modes
     (none, temporal_mean, spatial) raise if given a geometry rather than ignoring it.
+    `check_finite`: every mode refuses NaN / Inf in `x` (and "prompt" in `relevance`), naming it.
     """
     grid = _check_tokens(x, grid)
     geometry_given = any(v is not None for v in (output_size, kernel, stride))
     if mode in ("none", "temporal_mean", "spatial") and geometry_given:
         raise ValueError(f"pooling mode {mode!r} has a fixed geometry; output_size/kernel/stride are for 'adaptive' and 'prompt'")
+    if mode not in POOLING_MODES:
+        raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")
+    if check_finite:  # once here; the calls below skip their own check
+        _check_finite(x, "x (visual tokens)")
     if mode == "none":
         return x, grid
     if mode == "temporal_mean":
-        return prompt_guided_pool3d(x, None, grid, kernel=(grid[0], 1, 1))
+        return prompt_guided_pool3d(x, None, grid, kernel=(grid[0], 1, 1), check_finite=False)
     if mode == "spatial":
-        return prompt_guided_pool3d(x, None, grid, kernel=(1, min(2, grid[1]), min(2, grid[2])))
+        return prompt_guided_pool3d(x, None, grid, kernel=(1, min(2, grid[1]), min(2, grid[2])), remainder="drop",
+                                    check_finite=False)
     if mode == "adaptive":
         if output_size is None or kernel is not None or stride is not None:
             raise ValueError("pooling mode 'adaptive' takes output_size only")
-        return adaptive_pool3d(x, grid, output_size)
+        return adaptive_pool3d(x, grid, output_size, check_finite=False)
     if mode == "prompt":
         if relevance is None:
             raise ValueError("pooling mode 'prompt' needs a relevance map (B, T, H, W)")
+        if check_finite:
+            _check_finite(relevance, "relevance")
         return prompt_guided_pool3d(
             x, relevance, grid, output_size=output_size, kernel=kernel, stride=stride,
-            temperature=temperature, weighting=weighting,
+            temperature=temperature, weighting=weighting, check_finite=False,
         )
-    raise ValueError(f"pooling mode must be one of {POOLING_MODES}, got {mode!r}")

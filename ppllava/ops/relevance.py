@@ -6,11 +6,15 @@ from typing import Tuple, Union
 import torch
 import torch.nn.functional as F
 
+from ppllava.ops.checks import check_finite as _check_finite
+
 
 def prompt_relevance(
     patch_embeds: torch.Tensor,
     text_embeds: torch.Tensor,
     logit_scale: Union[float, torch.Tensor],
+    *,
+    check_finite: bool = True,
 ) -> Tuple[torch.Tensor, torch.Tensor]:
     """Relevance of every visual patch to the prompt, in CLIP's joint space.
 
@@ -20,6 +24,8 @@ def prompt_relevance(
         text_embeds (`torch.FloatTensor` of shape `(B, Dc)`): the prompt's pooled (EOS) text
             embedding after the text projection.
         logit_scale: CLIP's stored log-scale; tau = exp(logit_scale) (100 for OpenAI CLIP).
+        check_finite: raise a ValueError naming the input that holds NaN or Inf (a NaN would
+            otherwise spread through the softmax to the whole map).
 
     Returns:
         (r, s), both `torch.FloatTensor` of shape `(B, T, H, W)` in float32 whatever the input dtype:
@@ -34,6 +40,10 @@ def prompt_relevance(
             f"patch_embeds {tuple(patch_embeds.shape)} and text_embeds {tuple(text_embeds.shape)} "
             "must agree on batch B and embedding size Dc"
         )
+    if check_finite:
+        _check_finite(patch_embeds, "patch_embeds")
+        _check_finite(text_embeds, "text_embeds")
+        _check_finite(torch.as_tensor(logit_scale), "logit_scale")
     dtype = torch.promote_types(patch_embeds.dtype, torch.float32)
     e = F.normalize(patch_embeds.to(dtype), dim=-1)
     c = F.normalize(text_embeds.to(dtype), dim=-1)

@@ -9,14 +9,16 @@ and is never `eval`-ed; `__post_init__` validates and names the field at fault.
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, Optional, Tuple, Union
 
 import yaml
 
 from ppllava.ops.clip_context import EXTENSION_INITS
+from ppllava.ops.geometry import window_geometry
 from ppllava.ops.pooling import POOLING_MODES, WEIGHTINGS
+from ppllava.validation import check_fields, read_yaml_mapping
 
 CHOICES = {
     "llm_family": ("llama", "qwen2"),
@@ -89,23 +91,24 @@ class PPLLaVAConfig:
     # --- numerics -------------------------------------------------------------------------
     dtype: str = "float32"
     seed: int = 0
+    check_finite: bool = True  # refuse NaN/Inf in visual tokens and relevance maps (cost: benchmarks/pooling_bench.py)
 
     def __post_init__(self) -> None:
-        # YAML hands back lists; the config holds tuples.
+        check_fields(self)  # every field's type against its annotation; YAML's lists become tuples
         for name in ("video_kernel", "video_stride", "video_output_size", "image_kernel"):
             value = getattr(self, name)
-            if value is not None:
-                value = tuple(value)
-                if len(value) != 3 or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value):
-                    raise ValueError(f"PPLLaVAConfig.{name} must be 3 positive ints (T, H, W), got {value!r}")
-                setattr(self, name, value)
-        self.image_grid_pinpoints = tuple(tuple(p) for p in self.image_grid_pinpoints)
+            if value is not None and min(value) < 1:
+                raise ValueError(f"PPLLaVAConfig.{name} must be 3 positive ints (T, H, W), got {value!r}")
+        for pinpoint in self.image_grid_pinpoints:
+            if min(pinpoint) < 1:
+                raise ValueError(f"PPLLaVAConfig.image_grid_pinpoints must hold positive (H, W) pairs, got {pinpoint!r}")
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ValueError(f"PPLLaVAConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
         for name in ("image_size", "patch_size", "vision_width", "vision_layers", "vision_heads", "text_width",
                      "text_layers", "text_heads", "clip_embed_dim", "llm_hidden", "llm_layers", "llm_heads",
-                     "llm_kv_heads", "llm_intermediate", "llm_vocab_size", "num_frames", "clip_context"):
+                     "llm_kv_heads", "llm_intermediate", "llm_vocab_size", "num_frames", "clip_context",
+                     "clip_vocab_size", "llm_max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPLLaVAConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.image_size % self.patch_size:
@@ -129,6 +132,8 @@ class PPLLaVAConfig:
                     f"PPLLaVAConfig.clip_extended_context {self.clip_extended_context} must be clip_keep_positions "
                     f"{self.clip_keep_positions} + an integer factor x (clip_context {self.clip_context} - keep)"
                 )
+        if not self.llm_rms_eps > 0:
+            raise ValueError(f"PPLLaVAConfig.llm_rms_eps must be > 0, got {self.llm_rms_eps}")
         if not self.pool_temperature > 0:
             raise ValueError(f"PPLLaVAConfig.pool_temperature must be > 0, got {self.pool_temperature}")
         if self.pooling == "adaptive" and self.video_output_size is None:
@@ -137,6 +142,12 @@ class PPLLaVAConfig:
         for axis, (k, size) in enumerate(zip(self.video_kernel, (self.num_frames, grid, grid))):
             if k > size:
                 raise ValueError(f"PPLLaVAConfig.video_kernel[{axis}] = {k} exceeds the input size {size} on axis {'THW'[axis]}")
+        if self.pooling == "prompt" and self.video_output_size is None:  # the kernel's windows must cover the video
+            try:
+                window_geometry((self.num_frames, grid, grid), kernel=self.video_kernel, stride=self.video_stride)
+            except ValueError as err:
+                raise ValueError(f"PPLLaVAConfig.num_frames {self.num_frames} with video_kernel {self.video_kernel}, "
+                                 f"video_stride {self.video_stride}: {err}") from err
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -179,11 +190,15 @@ class PPLLaVAConfig:
     @classmethod
     def from_yaml(cls, path_or_text: Union[str, Path]) -> "PPLLaVAConfig":
         path = Path(path_or_text)
-        text = path.read_text() if "\n" not in str(path_or_text) and path.exists() else str(path_or_text)
-        data = yaml.safe_load(text)
-        if not isinstance(data, dict):
-            raise ValueError(f"{path_or_text}: expected a mapping of PPLLaVAConfig fields")
-        return cls.from_dict(data)
+        is_file = "\n" not in str(path_or_text) and path.exists()
+        if not is_file and str(path_or_text).endswith((".yaml", ".yml")):
+            raise FileNotFoundError(f"{path_or_text}: no such file")
+        source = str(path) if is_file else "YAML text"
+        data = read_yaml_mapping(path.read_text() if is_file else str(path_or_text), source, "PPLLaVAConfig")
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{source}: {err}") from err
 
 
 PRESETS: Dict[str, Dict[str, Any]] = {

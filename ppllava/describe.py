@@ -9,9 +9,9 @@ import argparse
 from typing import Dict
 
 import torch
-import yaml
 
-from ppllava.config import PPLLaVAConfig
+from ppllava.config import PRESETS, PPLLaVAConfig
+from ppllava.validation import parse_overrides
 
 
 def describe(config: PPLLaVAConfig) -> Dict[str, object]:
@@ -36,17 +36,17 @@ def describe(config: PPLLaVAConfig) -> Dict[str, object]:
     }
 
 
-def main() -> None:
+def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("preset", choices=["tiny", "small", "paper"])
+    parser.add_argument("preset", choices=list(PRESETS))
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE",
                         help="config overrides, values in YAML syntax (e.g. video_kernel=[4,3,3])")
-    args = parser.parse_args()
-    overrides = {}
-    for item in args.set:
-        field, _, value = item.partition("=")
-        overrides[field] = yaml.safe_load(value)
-    info = describe(PPLLaVAConfig.from_name(args.preset, **overrides))
+    args = parser.parse_args(argv)
+    try:
+        config = PPLLaVAConfig.from_name(args.preset, **parse_overrides(parser, args.set))
+    except ValueError as err:
+        parser.error(str(err))
+    info = describe(config)
     print(f"preset {args.preset}: patch grid {info['patch_grid']} x {info['patch_grid']}")
     for name, count in info["parameters"].items():
         print(f"  {name:<18s} {count / 1e6:12.2f} M parameters")

@@ -94,6 +94,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--artifacts", type=Path,
                         help="reuse the trained stages of an earlier run, e.g. runs/20261125-120000/artifacts")
     args = parser.parse_args(argv)
+    known = {p.stem for p in notebook_paths()}
+    unknown = [name for name in args.only or [] if name not in known]
+    if unknown:  # before the run directory is made: a typo leaves nothing behind
+        parser.error(f"--only: unknown notebooks {unknown}; known: {sorted(known)}")
+    if args.out is not None and args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out} is a file, not a run directory")
+    if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():
+        parser.error(f"--artifacts {args.artifacts} is a file, not a directory of trained stages")
     run_dir = args.out or ROOT / "runs" / dt.datetime.now().strftime("%Y%m%d-%H%M%S")
     run_dir.mkdir(parents=True, exist_ok=True)
     # A rerun of some notebooks into an existing run directory keeps the index entries of the others.

@@ -64,3 +64,52 @@ def test_unknown_names_are_errors():
         PPLLaVAConfig.from_name("tiny", num_frame=4)
     with pytest.raises(ValueError, match="unknown PPLLaVAConfig fields"):
         PPLLaVAConfig.from_yaml("name: tiny\nkernel: [1, 2, 2]\n")
+
+
+# --- every field's type is checked against its annotation, naming the field and the value -------------
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (dict(num_frames="8"), r"PPLLaVAConfig.num_frames must be an int, got '8' \(str\)"),  # int refuses str
+        (dict(num_frames=8.0), r"PPLLaVAConfig.num_frames must be an int, got 8.0 \(float\)"),  # ... float
+        (dict(llm_layers=True), r"PPLLaVAConfig.llm_layers must be an int, got True \(bool\)"),  # ... bool
+        (dict(pool_temperature="0.1"), r"PPLLaVAConfig.pool_temperature must be a number, got '0.1'"),  # float refuses str
+        (dict(pool_temperature=False), r"PPLLaVAConfig.pool_temperature must be a number, got False"),  # ... bool
+        (dict(extend_clip_context=1), r"PPLLaVAConfig.extend_clip_context must be a bool, got 1 \(int\)"),
+        (dict(pooling=3), r"PPLLaVAConfig.pooling must be a string, got 3 \(int\)"),
+        (dict(video_kernel=[2, 2.0, 2]), r"PPLLaVAConfig.video_kernel\[1\] must be an int, got 2.0"),  # tuple items
+        (dict(video_kernel="222"), r"PPLLaVAConfig.video_kernel must be a tuple \(int, int, int\), got '222'"),
+        (dict(video_stride=[1, 1]), r"PPLLaVAConfig.video_stride must have 3 items, got 2"),  # Optional[Tuple]
+        (dict(video_output_size=[4, "2", 2]), r"PPLLaVAConfig.video_output_size\[1\] must be an int, got '2'"),
+        (dict(image_grid_pinpoints=[[64, 64], [64]]), r"PPLLaVAConfig.image_grid_pinpoints\[1\] must have 2 items"),
+        (dict(image_grid_pinpoints=[[64, 0]]), r"image_grid_pinpoints must hold positive \(H, W\) pairs, got \(64, 0\)"),
+        (dict(llm_rms_eps=0.0), "PPLLaVAConfig.llm_rms_eps must be > 0, got 0.0"),
+        (dict(llm_max_positions=0), "PPLLaVAConfig.llm_max_positions must be >= 1, got 0"),
+    ],
+)
+def test_field_types_are_checked(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        PPLLaVAConfig.from_name("tiny", **overrides)
+
+
+def test_lists_become_tuples_and_numbers_widen_to_floats():
+    cfg = PPLLaVAConfig.from_name("tiny", video_kernel=[2, 2, 2], image_grid_pinpoints=[[64, 64]], pool_temperature=1)
+    assert cfg.video_kernel == (2, 2, 2) and cfg.image_grid_pinpoints == ((64, 64),) and cfg.pool_temperature == 1
+
+
+@pytest.mark.parametrize("text,match", [
+    ("- name: tiny\n- num_frames: 4\n", "expected a mapping of PPLLaVAConfig fields, got list"),
+    ("tiny\n", "expected a mapping of PPLLaVAConfig fields, got str"),
+    ("", "expected a mapping of PPLLaVAConfig fields, got NoneType"),
+    ("name: [tiny\n", "not valid YAML"),
+    ("num_frames: abc\n", r"PPLLaVAConfig.num_frames must be an int, got 'abc'"),
+])
+def test_from_yaml_names_the_file(tmp_path, text, match):
+    path = tmp_path / "model.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as info:
+        PPLLaVAConfig.from_yaml(path)
+    assert str(path) in str(info.value)
+    with pytest.raises(FileNotFoundError, match="missing.yaml"):
+        PPLLaVAConfig.from_yaml(tmp_path / "missing.yaml")

@@ -9,10 +9,14 @@ from typing import Any, Dict, List, Optional, Union
 
 import yaml
 
-from ppllava.train.losses import DPO_LOSSES
+from ppllava.config import PRESETS, PPLLaVAConfig
+from ppllava.data.conversation import TEMPLATES
+from ppllava.train.losses import DPO_LOGPS, DPO_LOSSES
+from ppllava.validation import check_fields, read_yaml_mapping
 
 STAGES = ("clip", "lm", "sft1", "sft2", "dpo")
 DPO_PAIRS = ("world", "on_policy", "on_policy_corrected")
+MEDIA_KINDS = ("video", "image", "multi", "text")
 
 
 @dataclass
@@ -38,7 +42,7 @@ class TrainConfig:
 
     # --- hardware (Lightning's own strategies; nothing home-made) ----------------------------
     accelerator: str = "auto"
-    devices: Union[int, str] = 1
+    devices: Union[int, str, List[int]] = 1  # a count, "auto", or device indices [0, 1]
     strategy: str = "auto"  # auto | ddp | fsdp | deepspeed_stage_2 | deepspeed_stage_3 ...
     precision: str = "auto"  # auto: 32-true on CPU, bf16-mixed on GPU
     num_workers: int = 0
@@ -55,6 +59,10 @@ class TrainConfig:
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
+    # sum: each answer's log-prob summed over its tokens (the DPO paper, and this kit's results) |
+    # mean: averaged per answer token (TRL's convention for ipo; long answers weigh no more than short)
+    dpo_logps: str = "sum"
+    label_smoothing: float = 0.0  # sigmoid only: conservative DPO's share of flipped labels, in [0, 0.5)
     # dpo: world (the world's rejected answers) | on_policy (the SFT model's own mistakes rejected) |
     # on_policy_corrected (and, against a caption stating something false, it without the false clauses)
     dpo_pairs: str = "world"
@@ -64,31 +72,67 @@ class TrainConfig:
     limit_val_batches: Union[int, float] = 1.0
 
     def __post_init__(self) -> None:
-        if self.stage not in STAGES:
-            raise ValueError(f"TrainConfig.stage must be one of {STAGES}, got {self.stage!r}")
-        if self.clip_loss not in ("fine_grained", "global"):
-            raise ValueError(f"TrainConfig.clip_loss must be 'fine_grained' or 'global', got {self.clip_loss!r}")
-        if self.dpo_pairs not in DPO_PAIRS:
-            raise ValueError(f"TrainConfig.dpo_pairs must be one of {DPO_PAIRS}, got {self.dpo_pairs!r}")
-        if self.dpo_loss not in DPO_LOSSES:
-            raise ValueError(f"TrainConfig.dpo_loss must be one of {DPO_LOSSES}, got {self.dpo_loss!r}")
-        for name in ("batch_size", "max_epochs", "accumulate_grad_batches"):
+        check_fields(self)  # every field's type against its annotation, naming the field and the value
+        choices = {"stage": STAGES, "preset": tuple(PRESETS), "clip_loss": ("fine_grained", "global"),
+                   "dpo_pairs": DPO_PAIRS, "dpo_loss": DPO_LOSSES, "dpo_logps": DPO_LOGPS,
+                   "relevance": ("model", "oracle"), "template": tuple(TEMPLATES)}
+        for name, allowed in choices.items():
+            if getattr(self, name) not in allowed:
+                raise ValueError(f"TrainConfig.{name} must be one of {allowed}, got {getattr(self, name)!r}")
+        for name in ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if not self.lr > 0 or not 0 <= self.warmup_ratio < 1:
-            raise ValueError(f"TrainConfig.lr must be > 0 and warmup_ratio in [0, 1); got {self.lr}, {self.warmup_ratio}")
-        if not self.media_cache_mb >= 0:
-            raise ValueError(f"TrainConfig.media_cache_mb must be >= 0, got {self.media_cache_mb}")
-        if self.relevance not in ("model", "oracle"):
-            raise ValueError(f"TrainConfig.relevance must be 'model' or 'oracle', got {self.relevance!r}")
-        if not 0 <= self.clip_questions <= 1:
-            raise ValueError(f"TrainConfig.clip_questions must be in [0, 1], got {self.clip_questions}")
-        if not 0 <= self.clip_partial <= 1:
-            raise ValueError(f"TrainConfig.clip_partial must be in [0, 1], got {self.clip_partial}")
+        for name in ("num_workers", "lora_rank", "weight_decay", "gradient_clip_val", "media_cache_mb", "alpha", "gamma"):
+            if not getattr(self, name) >= 0:
+                raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_steps != -1 and self.max_steps < 1:
+            raise ValueError(f"TrainConfig.max_steps must be -1 (run max_epochs) or >= 1, got {self.max_steps}")
+        for name in ("lr", "beta"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"TrainConfig.{name} must be > 0, got {getattr(self, name)}")
+        if not 0 <= self.warmup_ratio < 1:
+            raise ValueError(f"TrainConfig.warmup_ratio must be in [0, 1), got {self.warmup_ratio}")
+        if not 0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"TrainConfig.label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+        if self.label_smoothing and self.dpo_loss != "sigmoid":
+            raise ValueError(f"TrainConfig.label_smoothing {self.label_smoothing} applies to dpo_loss 'sigmoid' only, "
+                             f"got dpo_loss {self.dpo_loss!r}")
+        for name in ("clip_questions", "clip_partial"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:
             raise ValueError(f"TrainConfig.clip_filler must be [lo, hi] with 0 <= lo <= hi, got {self.clip_filler}")
+        if isinstance(self.limit_val_batches, float) and not 0 <= self.limit_val_batches <= 1 or self.limit_val_batches < 0:
+            raise ValueError(f"TrainConfig.limit_val_batches must be a count >= 0 or a share in [0, 1], "
+                             f"got {self.limit_val_batches}")
+        for kind, share in self.mix.items():
+            if kind not in MEDIA_KINDS or not share >= 0:
+                raise ValueError(f"TrainConfig.mix[{kind!r}] must be a media kind of {MEDIA_KINDS} with a share >= 0, "
+                                 f"got {share}")
+        if not sum(self.mix.values()) > 0:
+            raise ValueError(f"TrainConfig.mix needs a share > 0, got {self.mix}")
+        unknown = set(self.model) - {f.name for f in dataclasses.fields(PPLLaVAConfig)}
+        if unknown:
+            raise ValueError(f"TrainConfig.model: unknown PPLLaVAConfig fields {sorted(unknown)}")
+        if self.init_from is None:  # the model is the preset with these overrides: check it now, not after mkdir
+            self.model_config()
         if self.stage == "dpo" and self.init_from is None:
             raise ValueError("TrainConfig.init_from is required for dpo (the SFT model to start from)")
+
+    def model_config(self) -> PPLLaVAConfig:
+        """The model's config: init_from's config.yaml (read from disk) or else the preset, with the
+        `model` overrides; a fault is a ValueError naming TrainConfig.model or init_from."""
+        if self.init_from is None:
+            base = PPLLaVAConfig.from_name(self.preset).to_dict()
+        else:
+            path = Path(self.init_from) / "config.yaml"
+            if not path.exists():
+                raise ValueError(f"TrainConfig.init_from {self.init_from!r}: {path} is missing (not a ppllava checkpoint)")
+            base = PPLLaVAConfig.from_yaml(path).to_dict()
+        try:
+            return PPLLaVAConfig.from_dict({**base, **self.model})
+        except ValueError as err:
+            raise ValueError(f"TrainConfig.model: {err}") from err
 
     def to_yaml(self, path: Union[str, Path, None] = None) -> str:
         text = yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
@@ -98,8 +142,12 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: Union[str, Path], **overrides: Any) -> "TrainConfig":
-        data = yaml.safe_load(Path(path).read_text()) or {}
+        """The config in YAML file `path` with `overrides`; any fault is a ValueError naming the file."""
+        data = read_yaml_mapping(Path(path).read_text(), str(path), "TrainConfig")
         unknown = (set(data) | set(overrides)) - {f.name for f in dataclasses.fields(cls)}
         if unknown:
             raise ValueError(f"{path}: unknown TrainConfig fields {sorted(unknown)}")
-        return cls(**{**data, **overrides})
+        try:
+            return cls(**{**data, **overrides})
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from err

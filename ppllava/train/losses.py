@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 
 DPO_LOSSES = ("sigmoid", "hinge", "ipo")
+DPO_LOGPS = ("sum", "mean")  # how an answer's token log-probs become one number: see sequence_logprobs
 
 
 def fine_grained_logits(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
@@ -57,31 +58,57 @@ def token_accuracy(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int
     return (predicted[keep] == target[keep]).float().mean() if keep.any() else logits.new_tensor(float("nan"))
 
 
-def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100) -> torch.Tensor:
-    """Sum of the log-probabilities of the labelled (answer) tokens, per sequence: (B, L, V), (B, L) -> (B,)."""
+def sequence_logprobs(logits: torch.Tensor, labels: torch.Tensor, ignore_index: int = -100, *,
+                      average: bool = False) -> torch.Tensor:
+    """Log-probability of each sequence's labelled (answer) tokens: their sum (the DPO paper's
+    log pi(y|x), this kit's default), or with `average` their mean per answer token (TRL's
+    convention for IPO, which divides each log-ratio by the completion's length).
+
+    logits (`torch.FloatTensor` of shape `(B, L, V)`), labels `(B, L)` -> `(B,)`. A row with no
+    labelled token has no answer to score: ValueError naming the row."""
+    if logits.shape[:2] != labels.shape:
+        raise ValueError(f"logits (B, L) = {tuple(logits.shape[:2])} and labels {tuple(labels.shape)} differ")
     logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
     target = labels[:, 1:]
     keep = target != ignore_index
+    counts = keep.sum(-1)
+    if not bool((counts > 0).all()):
+        rows = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(f"sequence_logprobs: rows {rows} have no labelled token (labels all {ignore_index})")
     picked = logp.gather(-1, target.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return (picked * keep).sum(-1)
+    total = (picked * keep).sum(-1)
+    return total / counts if average else total
 
 
 def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, reference_chosen: torch.Tensor,
              reference_rejected: torch.Tensor, *, beta: float = 0.1, loss_type: str = "sigmoid",
-             sft_chosen: Optional[torch.Tensor] = None, alpha: float = 1.0, gamma: float = 0.0) -> Dict[str, torch.Tensor]:
-    """Direct preference optimisation on per-sequence answer log-prob sums, each (B,).
+             label_smoothing: float = 0.0, sft_chosen: Optional[torch.Tensor] = None, alpha: float = 1.0,
+             gamma: float = 0.0) -> Dict[str, torch.Tensor]:
+    """Direct preference optimisation on per-answer log-probs, each `(B,)`, as `sequence_logprobs`
+    gives them: summed over the answer's tokens (the DPO paper) or averaged per token (TRL's IPO).
 
-    h = (pi_c - ref_c) - (pi_r - ref_r);  sigmoid: -log sigmoid(beta h);  hinge: relu(1 - beta h);
-    ipo: (h - 1 / (2 beta))^2.  total = alpha * mean(dpo) + gamma * sft_chosen.
+    h = (pi_c - ref_c) - (pi_r - ref_r);
+    sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)  (eps = label_smoothing:
+             conservative DPO, TRL's form; eps = 0 is plain DPO);
+    hinge: relu(1 - beta h);  ipo: (h - 1 / (2 beta))^2.  total = alpha * mean(loss) + gamma * sft_chosen.
+    With summed log-probs ipo is the IPO paper's formula on whole sequences; TRL's IPO is this with
+    `sequence_logprobs(..., average=True)`; the two differ wherever answers are longer than one token.
     Returns loss, dpo, rewards (beta * log-ratios) chosen / rejected, reward accuracy and margin."""
     if loss_type not in DPO_LOSSES:
         raise ValueError(f"loss_type must be one of {DPO_LOSSES}, got {loss_type!r}")
     if not beta > 0:
         raise ValueError(f"beta must be > 0, got {beta}")
+    if not 0 <= label_smoothing < 0.5:
+        raise ValueError(f"label_smoothing must be in [0, 0.5), got {label_smoothing}")
+    if label_smoothing and loss_type != "sigmoid":
+        raise ValueError(f"label_smoothing {label_smoothing} applies to loss_type 'sigmoid' only, got {loss_type!r}")
+    shapes = [tuple(t.shape) for t in (policy_chosen, policy_rejected, reference_chosen, reference_rejected)]
+    if len(set(shapes)) != 1 or len(shapes[0]) != 1:
+        raise ValueError(f"policy / reference, chosen / rejected log-probs must all be (B,), got {shapes}")
     chosen_ratio, rejected_ratio = policy_chosen - reference_chosen, policy_rejected - reference_rejected
     h = chosen_ratio - rejected_ratio
     if loss_type == "sigmoid":
-        per = -F.logsigmoid(beta * h)
+        per = -(1 - label_smoothing) * F.logsigmoid(beta * h) - label_smoothing * F.logsigmoid(-beta * h)
     elif loss_type == "hinge":
         per = torch.relu(1 - beta * h)
     else:

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Dict, List
+from typing import Dict
 
 import lightning as L
 import torch
@@ -137,7 +137,9 @@ class DPOModule(_Stage):
 
     def _logps(self, model, batch) -> Dict[str, torch.Tensor]:
         out = model(**model_inputs(batch))
-        return {"logp": sequence_logprobs(out.logits, batch["labels"]), "loss": out.loss}
+        # dpo_logps: "sum" over the answer's tokens, or "mean" per token (TRL's IPO convention)
+        logp = sequence_logprobs(out.logits, batch["labels"], average=self.train_config.dpo_logps == "mean")
+        return {"logp": logp, "loss": out.loss}
 
     def _reference(self, batch) -> torch.Tensor:
         with torch.no_grad():
@@ -153,7 +155,8 @@ class DPOModule(_Stage):
         policy_c, policy_r = self._logps(self.model, chosen), self._logps(self.model, rejected)
         cfg = self.train_config
         out = dpo_loss(policy_c["logp"], policy_r["logp"], self._reference(chosen), self._reference(rejected),
-                       beta=cfg.beta, loss_type=cfg.dpo_loss, sft_chosen=policy_c["loss"], alpha=cfg.alpha, gamma=cfg.gamma)
+                       beta=cfg.beta, loss_type=cfg.dpo_loss, label_smoothing=cfg.label_smoothing,
+                       sft_chosen=policy_c["loss"], alpha=cfg.alpha, gamma=cfg.gamma)
         size = chosen["input_ids"].shape[0]
         for key, value in out.items():
             self.log(f"{stage}/{key}", value, prog_bar=key in ("loss", "reward_accuracy"), batch_size=size)

@@ -28,6 +28,7 @@ from ppllava.evaluate import accuracy_by_task, generate_answers, pointing, prefe
 from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
+from ppllava.validation import count_type
 
 CONFIGS = Path(__file__).resolve().parent.parent.parent / "configs"
 STAGES = ("clip", "clip_global", "lm", "sft1", "sft2", "dpo")
@@ -208,10 +209,20 @@ def main(argv=None) -> Dict[str, object]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--preset", default="tiny")
-    parser.add_argument("--train", type=int, default=7500)
-    parser.add_argument("--eval", type=int, default=300)
+    parser.add_argument("--train", type=count_type(1), default=7500)
+    parser.add_argument("--eval", type=count_type(1), default=300)
     parser.add_argument("--smoke", action="store_true")
     args = parser.parse_args(argv)
+    # Every stage's config is read before the world is written: a bad one is a usage error, not a crash hours in.
+    for stage in dict.fromkeys("clip" if name == "clip_global" else name for name in STAGES):
+        path = CONFIGS / args.preset / f"{stage}.yaml"
+        if not path.exists():
+            have = sorted(p.name for p in CONFIGS.iterdir() if (p / f"{stage}.yaml").exists())
+            parser.error(f"--preset {args.preset}: no {path} (presets with a {stage} config: {have})")
+        try:
+            TrainConfig.from_yaml(path)
+        except ValueError as err:
+            parser.error(str(err))
     recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval)
     results = recipe.results()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))

@@ -110,10 +110,10 @@ def test_deterministic_per_seed_and_splits_never_share_one(tmp_path):
     for root in (a, b):
         write_world(root, WorldSpec(), train=6, val=3, test=0, long_per_length=0, progress=False)
     assert (a / "train.json").read_text() == (b / "train.json").read_text()
-    reader = get_reader("pyav")
-    for r in json.loads((a / "train.json").read_text()):
-        if "video" in r:
-            assert np.array_equal(reader.read(a / r["video"], [0, 7]), reader.read(b / r["video"], [0, 7]))
+    # Byte for byte, not only frame by frame: x264's mbtree once made 1 video in 12 differ between writes.
+    files = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    assert files == sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    assert [f for f in files if (a / f).read_bytes() != (b / f).read_bytes()] == []
     writer = WorldWriter(tmp_path / "c", WorldSpec())
     ranges = {split: {writer._seed(split, i) for i in range(1000)} for split in SPLIT_SEED_BASE}
     splits = list(ranges)

@@ -18,6 +18,7 @@ from tqdm.auto import tqdm
 
 from ppllava.data.scenes import boxes, random_scene, render
 from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, vocabulary
+from ppllava.validation import check_fields, count_type
 
 SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000,
                    "needle-train": 4_000_000, "needle-val": 5_000_000, "needle-test": 6_000_000,
@@ -39,25 +40,52 @@ class WorldSpec:
     seed: int = 0
 
     def __post_init__(self) -> None:
+        check_fields(self)  # every field's type against its annotation, naming the field and the value
+        # libx264 in yuv420p needs even sides; below 16 px the objects (radius 10-14 px at 64) vanish.
+        if self.size < 16 or self.size % 2:
+            raise ValueError(f"WorldSpec.size must be an even number of pixels >= 16, got {self.size}")
+        for name in ("frames", "fps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"WorldSpec.{name} must be >= 1, got {getattr(self, name)}")
+        if not 1 <= self.max_objects <= 4:
+            raise ValueError(f"WorldSpec.max_objects must be in [1, 4] (one object per quadrant), got {self.max_objects}")
+        if self.seed < 0:
+            raise ValueError(f"WorldSpec.seed must be >= 0, got {self.seed}")
+        if not self.needle_frames or min(self.needle_frames) < 1:
+            raise ValueError(f"WorldSpec.needle_frames must be frame counts >= 1, got {list(self.needle_frames)}")
+        for n in self.long_frames:  # a needle of needle_frames frames has to fit in the video
+            if n < max(self.needle_frames):
+                raise ValueError(f"WorldSpec.long_frames: {n} frames cannot hold a needle of "
+                                 f"{max(self.needle_frames)} frames (needle_frames {list(self.needle_frames)})")
         for kind, share in self.media_mix.items():
             if kind not in MEDIA:
                 raise ValueError(f"WorldSpec.media_mix: unknown kind {kind!r}; kinds are {MEDIA}")
             if not share >= 0:
                 raise ValueError(f"WorldSpec.media_mix[{kind!r}] must be >= 0, got {share}")
+        if not sum(self.media_mix.values()) > 0:
+            raise ValueError(f"WorldSpec.media_mix needs a share > 0, got {self.media_mix}")
         known = set(VIDEO_TASKS) | set(IMAGE_TASKS) | set(TEXT_TASKS)
-        for task, weight in (self.task_weights or {}).items():
+        weights = self.task_weights or {}
+        for task, weight in weights.items():
             if task not in known:
                 raise ValueError(f"WorldSpec.task_weights: unknown task {task!r}; tasks are {sorted(known)}")
             if not weight >= 0:
                 raise ValueError(f"WorldSpec.task_weights[{task!r}] must be >= 0, got {weight}")
+        for tasks in (VIDEO_TASKS, IMAGE_TASKS):  # the weights are normalised per media type
+            if not sum(weights.get(t, 1.0) for t in tasks) > 0:
+                raise ValueError(f"WorldSpec.task_weights {weights} leave every task of {list(tasks)} at weight 0")
 
 
 def write_video(path: Path, frames: np.ndarray, fps: int) -> None:
-    """(T, H, W, 3) uint8 -> H.264 mp4 through PyAV (no system ffmpeg), near-lossless (crf 10)."""
+    """(T, H, W, 3) uint8 -> H.264 mp4 through PyAV (no system ffmpeg), near-lossless (crf 10).
+
+    x264's macroblock tree (mbtree) made the same frames encode to different bytes from run to run
+    (1 video in 12 of the tiny world, up to 16 grey levels apart once decoded), so two writes of one
+    world trained two different models; without it the bytes repeat exactly (files ~15 % larger)."""
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.options = {"crf": "10"}
+        stream.options = {"crf": "10", "x264-params": "mbtree=0"}
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)
@@ -256,27 +284,42 @@ def write_needle_world(root, num_frames: int, spec: Optional[WorldSpec] = None, 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, type=Path)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--frames", type=int, default=8)
-    parser.add_argument("--fps", type=int, default=8)
-    parser.add_argument("--train", type=int, default=400)
-    parser.add_argument("--val", type=int, default=100)
-    parser.add_argument("--test", type=int, default=100)
-    parser.add_argument("--long-frames", type=int, nargs="*", default=[16, 64, 256])
-    parser.add_argument("--long-per-length", type=int, default=30)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--size", type=count_type(1), default=64)
+    parser.add_argument("--frames", type=count_type(1), default=8)
+    parser.add_argument("--fps", type=count_type(1), default=8)
+    parser.add_argument("--train", type=count_type(0), default=400)
+    parser.add_argument("--val", type=count_type(0), default=100)
+    parser.add_argument("--test", type=count_type(0), default=100)
+    parser.add_argument("--long-frames", type=count_type(1), nargs="*", default=[16, 64, 256])
+    parser.add_argument("--long-per-length", type=count_type(0), default=30)
+    parser.add_argument("--seed", type=count_type(0), default=0)
     parser.add_argument("--task-weight", nargs="*", default=[], metavar="TASK=WEIGHT",
                         help="skew the question mix, e.g. mc=10 (others weigh 1)")
     parser.add_argument("--dpo-videos", nargs="*", default=[], metavar="SPLIT=COUNT",
                         help="DPO pairs from videos of their own, e.g. train=3000 test=1000 (default: the split's videos)")
     args = parser.parse_args(argv)
-    weights = {k: float(v) for k, _, v in (item.partition("=") for item in args.task_weight)} or None
-    dpo_videos = {k: int(v) for k, _, v in (item.partition("=") for item in args.dpo_videos)} or None
-    spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames),
-                     task_weights=weights, seed=args.seed)
+    # Everything is checked before write_world creates the first directory.
+    weights = {k: _number(parser, "--task-weight", k, v, float) for k, _, v in (i.partition("=") for i in args.task_weight)}
+    dpo_videos = {k: _number(parser, "--dpo-videos", k, v, int) for k, _, v in (i.partition("=") for i in args.dpo_videos)}
+    unknown = set(dpo_videos) - {"train", "val", "test"}
+    if unknown or any(n < 0 for n in dpo_videos.values()):
+        parser.error(f"--dpo-videos takes train, val or test = a count >= 0, got {args.dpo_videos}")
+    try:
+        spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames),
+                         task_weights=weights or None, seed=args.seed)
+    except ValueError as err:
+        parser.error(str(err))
     counts = write_world(args.out, spec, train=args.train, val=args.val, test=args.test,
-                         long_per_length=args.long_per_length if args.long_frames else 0, dpo_videos=dpo_videos)
+                         long_per_length=args.long_per_length if args.long_frames else 0, dpo_videos=dpo_videos or None)
     print(json.dumps(counts))
+
+
+def _number(parser: argparse.ArgumentParser, flag: str, key: str, value: str, kind: type):
+    """`value` of a KEY=VALUE item as `kind`, or an argparse error naming the flag and the item."""
+    try:
+        return kind(value)
+    except ValueError:
+        parser.error(f"{flag} {key}={value}: expected KEY={kind.__name__}")
 
 
 if __name__ == "__main__":

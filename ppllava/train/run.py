@@ -4,7 +4,8 @@
     python -m ppllava.train configs/tiny/sft2.yaml --resume      # from run_dir/checkpoints/last.ckpt
 
 The run directory gets train_config.yaml (what it ran with), logs/ (CSV), checkpoints/last.ckpt,
-model/ (the kit checkpoint the next stage starts from) and metrics.json.
+model/ (the kit checkpoint the next stage starts from), metrics.json (what it computed: the same for
+two runs of one config and seed) and timing.json (wall time, tokens per second).
 """
 from __future__ import annotations
 
@@ -17,7 +18,6 @@ from typing import Dict, List, Optional, Union
 
 import lightning as L
 import torch
-import yaml
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
@@ -29,6 +29,10 @@ from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.modules import MODULES, add_lora
 from ppllava.train.on_policy import on_policy_pairs
+from ppllava.validation import parse_overrides
+
+
+TIMING_METRICS = ("wall_seconds", "train/tokens_per_s")
 
 
 def build_model(cfg: TrainConfig) -> PPLLaVA:
@@ -117,7 +121,12 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
         if cfg.lora_rank > 0 and cfg.stage in ("sft2", "dpo"):
             model.language_model = model.language_model.merge_and_unload()  # the kit format holds plain weights
         model.save_pretrained(run_dir / "model")
-        (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2))
+        # metrics.json holds what the run computed, identical for two runs of one config and seed;
+        # how long it took (wall time, tokens per second) goes to timing.json.
+        timing = {k: v for k, v in metrics.items() if k in TIMING_METRICS}
+        computed = {k: v for k, v in metrics.items() if k not in TIMING_METRICS}
+        (run_dir / "metrics.json").write_text(json.dumps(computed, indent=2))
+        (run_dir / "timing.json").write_text(json.dumps(timing, indent=2))
     return metrics
 
 
@@ -140,11 +149,13 @@ def main(argv=None) -> None:
     parser.add_argument("--set", nargs="*", default=[], metavar="FIELD=VALUE", help="overrides, values in YAML syntax")
     parser.add_argument("--resume", action="store_true", help="continue from run_dir/checkpoints/last.ckpt")
     args = parser.parse_args(argv)
-    overrides = {}
-    for item in args.set:
-        key, _, value = item.partition("=")
-        overrides[key] = yaml.safe_load(value)
-    metrics = run(TrainConfig.from_yaml(args.config, **overrides), resume=args.resume)
+    overrides = parse_overrides(parser, args.set)
+    try:  # only the checks before any work become usage errors (exit 2); the run's own errors stay tracebacks
+        cfg = TrainConfig.from_yaml(args.config, **overrides)
+        cfg.model_config()  # the model's config too, init_from's included
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
+    metrics = run(cfg, resume=args.resume)
     print(json.dumps(metrics, indent=2))
 
 

@@ -1,5 +1,6 @@
 """The procedural world as real files, read back through each reader, and the loaders' contracts."""
 import json
+import re
 import shutil
 
 import numpy as np
@@ -356,3 +357,11 @@ def test_dpo_pairs_can_come_from_videos_of_their_own(tmp_path):
         assert all(p["chosen"] != p["rejected"] and p["task"] for p in pairs)
     with pytest.raises(ValueError, match="dpo_videos"):
         write_world(tmp_path / "x", WorldSpec(), train=1, val=0, test=0, long_per_length=0, dpo_videos={"dev": 2})
+
+
+@pytest.mark.parametrize("sizes, named", [({"train": -1}, "train"), ({"val": 2.5}, "val"), ({"test": True}, "test"),
+                                          ({"dpo_videos": {"train": -3}}, "dpo_videos['train']")])
+def test_write_world_refuses_bad_split_sizes_before_writing(tmp_path, sizes, named):
+    with pytest.raises(ValueError, match=re.escape(named)):
+        write_world(tmp_path / "w", WorldSpec(), **{"train": 2, "val": 0, "test": 0, "long_per_length": 0, **sizes})
+    assert not (tmp_path / "w").exists()

@@ -251,10 +251,15 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
     dpo_videos: fresh videos for a split's DPO pairs, e.g. {"train": 3000, "test": 1000}; a split not
     named takes its pairs from its own video records (for train: videos the SFT stages trained on)."""
     spec = spec or WorldSpec()
-    writer = WorldWriter(Path(root), spec)
     unknown = set(dpo_videos or {}) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"dpo_videos: unknown splits {sorted(unknown)}; splits are train, val, test")
+    sizes = {"train": train, "val": val, "test": test, "long_per_length": long_per_length,
+             **{f"dpo_videos[{k!r}]": v for k, v in (dpo_videos or {}).items()}}
+    for name, n in sizes.items():  # before any directory is made
+        if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
+            raise ValueError(f"write_world: {name} must be a count >= 0, got {n!r}")
+    writer = WorldWriter(Path(root), spec)
     counts = {split: writer.write_split(split, n, progress) for split, n in (("train", train), ("val", val), ("test", test)) if n}
     for split, n in (dpo_videos or {}).items():  # after the split itself, whose pairs these replace
         counts.setdefault(split, {}).update(writer.write_preference_split(split, n, progress))

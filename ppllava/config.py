@@ -134,8 +134,8 @@ class PPLLaVAConfig:
                 )
         if not self.llm_rms_eps > 0:
             raise ValueError(f"PPLLaVAConfig.llm_rms_eps must be > 0, got {self.llm_rms_eps}")
-        if not self.pool_temperature > 0:
-            raise ValueError(f"PPLLaVAConfig.pool_temperature must be > 0, got {self.pool_temperature}")
+        if not 0 < self.pool_temperature < float("inf"):
+            raise ValueError(f"PPLLaVAConfig.pool_temperature must be finite and > 0, got {self.pool_temperature}")
         if self.pooling == "adaptive" and self.video_output_size is None:
             raise ValueError("PPLLaVAConfig.video_output_size is required when pooling is 'adaptive'")
         grid = self.patch_grid

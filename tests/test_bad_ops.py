@@ -334,3 +334,12 @@ def test_a_video_the_temporal_kernel_does_not_cover_is_refused(no_compute, frame
     ids = torch.tensor([[1, *([no_compute.config.video_token_id] * 16)]])
     with pytest.raises(ValueError, match=rf"{frames} frames cannot be pooled.*axis T"):
         no_compute(ids, pixel_values_videos=video(1, frames=frames), clip_input_ids=clip_ids(1))
+
+
+@pytest.mark.parametrize("temperature", [0.0, -1.0, float("nan"), float("inf")])
+def test_a_temperature_that_is_not_finite_and_positive_is_refused(temperature):
+    x = torch.randn(1, 2 * 4 * 4, 8)
+    with pytest.raises(ValueError, match="temperature must be finite and > 0"):
+        prompt_guided_pool3d(x, torch.rand(1, 2, 4, 4), (2, 4, 4), kernel=2, temperature=temperature)
+    with pytest.raises(ValueError, match="PPLLaVAConfig.pool_temperature"):
+        PPLLaVAConfig.from_name("tiny", pool_temperature=temperature)

@@ -51,6 +51,8 @@ FAULTS = [
     ("gpt turn only", _line({"id": "gpt", "conversations": turns()[1:]}), "no_question", "conversations[0].from", "gpt"),
     ("gpt turn first", _line({"id": "gpt2", "conversations": turns()[::-1]}), "no_question", "conversations[0].from",
      "gpt2"),
+    ("empty question", _line({"id": "hush", "conversations": turns(question=" ")}), "no_question",
+     "conversations[0].value", "hush"),
     ("question only", _line({"id": "mute", "conversations": turns()[:1]}), "no_answer", "conversations[0]", "mute"),
     ("blank answer", _line({"id": "blank", "conversations": turns(answer="  ")}), "no_answer", "conversations[1]",
      "blank"),
@@ -204,6 +206,16 @@ def test_a_gpt_only_record_never_ends_the_epoch_early(tmp_path, tokenizer, media
     ds.load = lambda index: next(iter([]))
     with pytest.raises(RuntimeError, match=r"train\.jsonl line 1 \(id 'good-0'\).*StopIteration"):
         list(loader)
+
+
+def test_words_outside_the_vocabulary_are_refused_not_trained_as_unk(tmp_path, tokenizer, media):
+    zebra = {"id": "zebra", "conversations": turns(question="what colour is the zebra ?")}
+    path = write_jsonl(tmp_path / "train.jsonl", [good(0), zebra])
+    ds = LLaVADataset(path, CONFIG, tokenizer, media_root=media)
+    with pytest.raises(RecordError, match=r"line 2 \(id 'zebra'\), field 'conversations'.*\['zebra'\]") as info:
+        ds[1]
+    assert info.value.reason == "unknown_words"
+    assert LLaVADataset(path, CONFIG, tokenizer, media_root=media, skip_bad=True)[1]["reason"] == "unknown_words"
 
 
 def test_too_long_records_are_refused_or_counted(tmp_path, tokenizer, media):

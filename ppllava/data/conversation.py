@@ -32,6 +32,10 @@ TEMPLATES: Dict[str, Template] = {
 }
 
 
+class UnknownWords(ValueError):
+    """Text the tokenizer can only encode as its unknown token: refused, never trained as <unk>."""
+
+
 def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: str = "vicuna_v1",
                         record_id: str = "?") -> Tuple[List[int], List[int]]:
     """Token ids and labels of a LLaVA conversation ([{"from": "human"|"gpt", "value": ...}, ...]).
@@ -49,10 +53,15 @@ def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: st
         raise ValueError(f"record {record_id}: the conversation has no answer (its last turn must be a non-empty 'gpt' turn)")
     ids, labels = [], []
 
+    unk = getattr(tokenizer, "unk_token_id", None)
+
     def add(text: str, learn: bool) -> None:
         if not text:
             return
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
+        if unk is not None and unk in piece:  # a word-level vocabulary would train on <unk> in its place
+            words = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+            raise UnknownWords(f"record {record_id}: words outside the tokenizer's vocabulary: {words or [text]}")
         ids.extend(piece)
         labels.extend(piece if learn else [IGNORE] * len(piece))
 

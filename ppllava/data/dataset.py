@@ -20,7 +20,7 @@ import torch
 from torch.utils.data import Dataset
 
 from ppllava.config import PPLLaVAConfig
-from ppllava.data.conversation import IGNORE, TEMPLATES, clip_prompt_text, encode_conversation
+from ppllava.data.conversation import IGNORE, TEMPLATES, UnknownWords, clip_prompt_text, encode_conversation
 from ppllava.data.records import RecordError, check_record, read_entries, record_entry
 from ppllava.data.records import media_kind, read_records  # noqa: F401  (long imported from here)
 from ppllava.data.video import SAMPLING, MediaError, get_reader, read_image, sample_indices
@@ -204,7 +204,10 @@ class LLaVADataset(Dataset):
         record, kind = self.records[index], self.kinds[index]
         rid = str(record.get("id", index))
         pixels, sizes, crops, repeated = self.cache.get(index) or self._media(index, record, kind)
-        ids, labels = encode_conversation(record["conversations"], self.tokenizer, self.template, rid)
+        try:
+            ids, labels = encode_conversation(record["conversations"], self.tokenizer, self.template, rid)
+        except UnknownWords as err:
+            raise self.error(index, str(err), "unknown_words", "conversations") from err
         ids_expanded = self.expand(index, ids, kind, pixels, sizes, crops)
         labels = self._expand_labels(ids, labels, ids_expanded)
         clip_text = clip_prompt_text(record["conversations"], self.config.clip_prompt)

@@ -24,7 +24,7 @@ class RecordError(ValueError):
     """A bad annotation record: "train.jsonl line 7 (id 'v-3'), field 'video': must be a path, got null".
 
     reason, the key SkipReport counts by: bad_encoding (not UTF-8), bad_json, not_object, bad_field,
-    no_question, no_answer, media_key (unknown or several), media_mismatch (placeholders against
+    no_question, no_answer, unknown_words (outside a word-level vocabulary), media_key (unknown or several), media_mismatch (placeholders against
     media), media (missing, corrupt or empty file), too_long.
     unit: "line" (JSONL, 1-based) or "list index" (a JSON list or records in memory, 0-based).
     Made from the message alone (as the DataLoader re-raises a worker's error), it is that message.
@@ -148,6 +148,10 @@ def check_conversation(turns, key: str = "conversations") -> None:
     if turns[0]["from"] != "human":
         raise RecordError(f"the conversation must open with a 'human' question, got a {turns[0]['from']!r} turn",
                           reason="no_question", field=f"{key}[0].from")
+    empty = [i for i, turn in enumerate(turns) if turn["from"] == "human" and not turn["value"].strip()]
+    if empty:
+        raise RecordError("an empty question (a 'human' turn with no text)", reason="no_question",
+                          field=f"{key}[{empty[0]}].value")
     if turns[-1]["from"] != "gpt" or not turns[-1]["value"].strip():
         raise RecordError("no answer: the last turn must be a non-empty 'gpt' turn", reason="no_answer",
                           field=f"{key}[{len(turns) - 1}]")

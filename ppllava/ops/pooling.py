@@ -175,8 +175,8 @@ def prompt_guided_pool3d(
     grid = _check_tokens(x, grid)
     if output_size is None and kernel is None:
         raise ValueError("prompt_guided_pool3d needs output_size or kernel")
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0 < temperature < float("inf"):  # inf would make every window a plain mean without a word
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
     out, ker, st = window_geometry(grid, output_size, kernel, stride, remainder=remainder)

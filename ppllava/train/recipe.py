@@ -4,7 +4,7 @@ the global-loss ablation), SFT stage 1 and 2, DPO; then the held-out scores.
     python -m ppllava.train.recipe --out runs/tiny-recipe            # configs/tiny/*.yaml
     python -m ppllava.train.recipe --out /tmp/r --smoke              # minutes -> seconds
 
-Writes results.json and results.md (the README's table) in --out. Every stage's model is cached in
+Writes results.json and results.md (the table in docs/recipe.md) in --out. Every stage's model is cached in
 --out/<stage>/model: a stage that is already there is reused, not retrained, which is how the
 notebooks share one set of trained artifacts (`Recipe(out).model("sft2")`).
 """
@@ -166,7 +166,7 @@ class Recipe:
         return load_pretrained(path, **overrides).eval()
 
     def results(self) -> Dict[str, object]:
-        """Train what is missing, then the held-out scores of the README's table."""
+        """Train what is missing, then the held-out scores of the table in docs/recipe.md."""
         for name in STAGES:
             self.model_dir(name)
         start = time.perf_counter()

@@ -1,10 +1,16 @@
-"""Every tutorial notebook, executed through papermill in smoke mode, with its metrics checked."""
+"""Every tutorial notebook, executed through papermill in smoke mode, with its metrics checked; the rendered
+pages and the index a browser reads; every notebook valid under nbformat."""
 import json
+import re
+import warnings
+from html.parser import HTMLParser
+from pathlib import Path
 
 import nbformat
 import pytest
 
-from ppllava.run_notebooks import execute, notebook_paths, write_index
+from ppllava.run_notebooks import HEADLINES, NOTEBOOKS as NOTEBOOK_DIR, TickingEngine, execute, headline_metrics, \
+    notebook_paths, write_index
 
 NOTEBOOKS = notebook_paths()
 
@@ -118,6 +124,8 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, artifacts):
     metrics = json.loads((tmp_path / path.stem / "metrics.json").read_text())
     CHECKS[path.stem](metrics)
     assert entry["figures"], "a tutorial notebook should save at least one figure"
+    assert (tmp_path / entry["page"]).is_file()
+    assert headline_metrics(path.stem, metrics)  # raises KeyError when HEADLINES names a metric no longer written
     index = write_index(tmp_path, [entry])
     assert path.stem in index.read_text()
 
@@ -131,3 +139,101 @@ def test_a_rerun_of_some_notebooks_keeps_the_index_entries_of_the_others(tmp_pat
     assert main(["--smoke", "--only", "00_operations", "--out", str(tmp_path)]) == 0
     entries = json.loads((tmp_path / "index.json").read_text())
     assert [e["name"] for e in entries] == ["00_operations", "07_long_video"] and entries[1] == earlier
+
+
+# --- readable without running: pages, index, nbformat validity --------------------------------------------
+
+
+class Tags(HTMLParser):
+    """Every start tag of a page with its attributes, in order."""
+
+    def __init__(self, text):
+        super().__init__()
+        self.tags = []
+        self.feed(text)
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+
+    def find(self, tag, **attrs):
+        return [a for t, a in self.tags if t == tag and all(a.get(k) == v for k, v in attrs.items())]
+
+
+ALL_NOTEBOOKS = sorted(p for p in NOTEBOOK_DIR.rglob("*.ipynb") if ".ipynb_checkpoints" not in p.parts)
+
+
+@pytest.mark.parametrize("path", ALL_NOTEBOOKS, ids=[str(p.relative_to(NOTEBOOK_DIR)) for p in ALL_NOTEBOOKS])
+def test_notebook_validates_under_nbformat(path):
+    """Every notebook under notebooks/, generated exercise notebooks included, with a unique id per cell."""
+    raw = json.loads(path.read_text())  # before nbformat, which may add missing ids as it reads
+    missing = [i for i, cell in enumerate(raw["cells"]) if "id" not in cell]
+    assert not missing, f"{path.name}: cells {missing} have no id (nbformat.validator.normalize adds them)"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # MissingIDFieldWarning and the like are errors to come
+        nbformat.validate(nbformat.read(path, as_version=nbformat.NO_CONVERT))
+
+
+def test_every_notebook_has_headline_metrics():
+    assert sorted(HEADLINES) == sorted(p.stem for p in NOTEBOOKS)
+
+
+def test_main_writes_a_page_per_notebook_and_an_index_that_links_them(tmp_path):
+    from ppllava.run_notebooks import main
+
+    assert main(["--smoke", "--only", "00_operations", "--out", str(tmp_path)]) == 0
+    page = tmp_path / "00_operations.html"
+    figures = sorted((tmp_path / "00_operations").glob("*.png"))
+    images = Tags(page.read_text()).find("img")
+    assert len(figures) == 3 and len(images) >= len(figures)  # each saved figure is also shown inline
+    assert all(img["src"].startswith("data:image/png;base64,") for img in images), [i["src"][:40] for i in images]
+
+    index = Tags((tmp_path / "index.html").read_text())
+    row = index.find("tr", id="00_operations")
+    assert row and row[0]["data-status"] == "ok" and float(row[0]["data-seconds"]) > 0
+    links = [a["href"] for a in index.find("a")]
+    assert "00_operations.html" in links and not any(h.endswith(".ipynb") for h in links)
+    thumbnails = [img["src"] for img in index.find("img")]
+    assert thumbnails == [f"00_operations/{f.name}" for f in figures]
+    assert all((tmp_path / src).is_file() for src in thumbnails)
+    text = (tmp_path / "index.html").read_text()
+    assert "softmax relevance on the object" in text and "CLIP positions after extension</td><td class=num>248" in text
+
+
+FAILING = {
+    "cells": [
+        {"cell_type": "code", "id": "params", "metadata": {"tags": ["parameters"]}, "execution_count": None,
+         "outputs": [], "source": 'smoke = False\nout_dir = "unused"'},
+        {"cell_type": "code", "id": "figure", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "import time\nfrom pathlib import Path\nimport matplotlib.pyplot as plt\n"
+                   "fig, ax = plt.subplots(figsize=(2, 2)); ax.plot([0, 1])\n"
+                   "fig.savefig(Path(out_dir) / 'line.png'); plt.show()"},
+        {"cell_type": "code", "id": "slow", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "time.sleep(1.5)"},
+        {"cell_type": "code", "id": "fails", "metadata": {}, "execution_count": None, "outputs": [],
+         "source": "raise ValueError('the check failed on purpose')"},
+    ],
+    "metadata": {"kernelspec": {"name": "python3", "display_name": "Python 3", "language": "python"}},
+    "nbformat": 4, "nbformat_minor": 5,
+}
+
+
+def test_a_failed_notebook_gets_its_page_its_error_in_the_index_and_a_bar_that_ticks(tmp_path, monkeypatch, capsys):
+    source = tmp_path / "src" / "99_fails.ipynb"
+    source.parent.mkdir()
+    source.write_text(json.dumps(FAILING))
+    monkeypatch.setattr(TickingEngine, "tick_s", 0.1)
+    run_dir = tmp_path / "run"
+    entry = execute(source, run_dir, smoke=True)
+    assert entry["status"] == "failed" and entry["error"] == "ValueError: the check failed on purpose"
+    page = (run_dir / entry["page"]).read_text()
+    assert "the check failed on purpose" in page  # papermill's partial notebook, traceback included
+    assert [i["src"][:22] for i in Tags(page).find("img")] == ["data:image/png;base64,"]
+    assert entry["figures"] == ["99_fails/line.png"]
+    # The bar, named after the notebook, is redrawn while the 1.5 s cell sleeps, not only when a cell ends.
+    frames = [f for f in re.split(r"[\r\n]", capsys.readouterr().err) if f.startswith("99_fails:")]
+    counts = [int(m.group(1)) for m in map(re.compile(r"\| (\d+)/\d+ \[").search, frames) if m]
+    assert counts and max(counts.count(n) for n in set(counts)) >= 5, frames
+
+    index = Tags(write_index(run_dir, [entry]).read_text())
+    assert index.find("tr", id="99_fails")[0]["data-status"] == "failed"
+    assert "ValueError: the check failed on purpose" in (run_dir / "index.html").read_text()

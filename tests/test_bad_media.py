@@ -185,7 +185,7 @@ def test_every_image_mode_reads_as_rgb_by_pixel_value(tmp_path, mode):
 def test_a_16_bit_picture_reaches_the_dataset_grey_not_white(tmp_path, processor, tokenizer):
     Image.fromarray(np.full((64, 64), 0x8000, np.uint16)).save(tmp_path / "grey16.png")
     Image.fromarray(np.full((64, 64, 3), 0x80, np.uint8)).save(tmp_path / "grey8.png")
-    turns = [{"from": "human", "value": "<image>\nwhat colour ?"}, {"from": "gpt", "value": "grey"}]
+    turns = [{"from": "human", "value": "<image>\nwhat colour ?"}, {"from": "gpt", "value": "red"}]
     records = [{"id": name, "image": f"{name}.png", "conversations": turns} for name in ("grey16", "grey8")]
     dataset = LLaVADataset(records, CONFIG, tokenizer, media_root=tmp_path)
     torch.testing.assert_close(dataset[0].pixels, dataset[1].pixels)

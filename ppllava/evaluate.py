@@ -8,7 +8,6 @@ is an omission, not a hallucination). Every other answer is right when it matche
 """
 from __future__ import annotations
 
-import dataclasses
 import re
 from collections import defaultdict
 from typing import Dict, Iterable, List, Optional, Sequence
@@ -16,9 +15,8 @@ from typing import Dict, Iterable, List, Optional, Sequence
 import torch
 from tqdm.auto import tqdm
 
-from ppllava.data.conversation import IGNORE
 from ppllava.data.datamodules import MediaBatchSampler
-from ppllava.data.dataset import Collator, LLaVADataset, Sample, model_inputs
+from ppllava.data.dataset import Collator, LLaVADataset, model_inputs, oracle_batch
 from ppllava.ops import prompt_guided_pool3d, prompt_relevance
 from ppllava.train.losses import pointing_accuracy, sequence_logprobs
 
@@ -55,11 +53,6 @@ def hallucinates(predicted: str, answer: str, task: str) -> bool:
     return not answer_correct(predicted, answer, task)
 
 
-def _prompt_only(sample: Sample) -> Sample:
-    start = next(i for i, label in enumerate(sample.labels) if label != IGNORE)
-    return dataclasses.replace(sample, input_ids=sample.input_ids[:start], labels=[IGNORE] * start)
-
-
 @torch.no_grad()
 def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_new_tokens: int = 32,
                      indices: Optional[Iterable[int]] = None, relevance: str = "model",
@@ -73,15 +66,20 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
     if relevance not in ("model", "oracle"):
         raise ValueError(f"relevance must be 'model' or 'oracle', got {relevance!r}")
     model.eval()
-    tokenizer = dataset.tokenizer
-    collate = Collator(dataset.config, tokenizer.pad_token_id, padding_side="left", oracle=relevance == "oracle")
+    tokenizer, processor = dataset.tokenizer, dataset.processor
     chosen = list(range(len(dataset))) if indices is None else sorted(set(indices))
     results = []
     batches = list(MediaBatchSampler([dataset.kinds[i] for i in chosen], batch_size, shuffle=False))
     for positions in tqdm(batches, desc="answers", disable=not progress):
-        samples = [dataset[chosen[p]] for p in positions]
-        batch = collate([_prompt_only(s) for s in samples])
-        inputs = {k: v for k, v in model_inputs(batch).items() if k != "labels"}
+        # load, not []: a bad record is a RecordError naming it, never a silent gap in the answers.
+        samples = [dataset.load(chosen[p]) for p in positions]
+        # The question (all turns before the answer) through the processor, with the media the dataset
+        # decoded (and cached) and its CLIP prompt.
+        texts = [processor.apply_chat_template(s.record["conversations"][:-1]) for s in samples]
+        inputs = processor(texts, images=[s.images() for s in samples], videos=[s.videos() for s in samples],
+                           clip_text=[s.clip_text for s in samples], padding_side="left")
+        if relevance == "oracle" and "pixel_values_videos" in inputs:
+            inputs["video_relevance"] = oracle_batch(samples, dataset.config)
         new = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False,
                              eos_token_id=tokenizer.eos_token_id)
         for s, tokens in zip(samples, new):

@@ -40,22 +40,28 @@ def read_image(path) -> np.ndarray:
     try:
         with Image.open(path) as image:
             image.load()
-            mode = image.mode
-            if mode in REFUSED:
-                raise MediaError(f"{path}: pixel mode {mode!r} (32-bit integer or float) has no bit depth to "
-                                 "scale it to 8 bits by; save it as 8- or 16-bit")
-            if mode in SIXTEEN_BIT:
-                grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)  # (H, W)
-                return np.repeat(grey[..., None], 3, axis=2)
-            if mode == "P" and "transparency" in image.info:
-                image = image.convert("RGBA")  # Pillow's own route for a palette with transparency (it warns otherwise)
-            # RGBA/LA/PA -> RGB drops alpha; L/1/P/CMYK/YCbCr -> RGB are Pillow's conversions.
-            return np.array(image.convert("RGB"))  # a writable copy for the processors
+            return image_to_rgb(image, str(path))
     except MediaError:
         raise
     # UnidentifiedImageError and truncated files are OSErrors; some plugins raise SyntaxError or ValueError.
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
         raise MediaError(f"{path}: cannot decode the image ({type(err).__name__}: {str(err)[:200]})") from err
+
+
+def image_to_rgb(image, where: str = "image") -> np.ndarray:
+    """An opened PIL image as (H, W, 3) uint8 RGB, by the rules in this module's docstring (the
+    processor takes PIL images this way too); `where` names it in the MediaError."""
+    mode = image.mode
+    if mode in REFUSED:
+        raise MediaError(f"{where}: pixel mode {mode!r} (32-bit integer or float) has no bit depth to "
+                         "scale it to 8 bits by; save it as 8- or 16-bit")
+    if mode in SIXTEEN_BIT:
+        grey = (np.asarray(image).astype(np.uint16) >> 8).astype(np.uint8)  # (H, W)
+        return np.repeat(grey[..., None], 3, axis=2)
+    if mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")  # Pillow's own route for a palette with transparency (it warns otherwise)
+    # RGBA/LA/PA -> RGB drops alpha; L/1/P/CMYK/YCbCr -> RGB are Pillow's conversions.
+    return np.array(image.convert("RGB"))  # a writable copy for the processors
 
 
 def image_size(path) -> Tuple[int, int]:

@@ -8,7 +8,6 @@ from typing import Dict, List, Sequence, Union
 
 from torch.utils.data import Dataset
 
-from ppllava.data.conversation import UnknownWords, encode_conversation
 from ppllava.data.dataset import Collator, LLaVADataset, RecordError, Sample
 
 PAIR_KEYS = ("prompt", "chosen", "rejected")
@@ -54,14 +53,9 @@ class PreferenceDataset(Dataset):
 
     def _pair(self, index: int) -> Dict[str, Sample]:
         chosen = self.base.load(index)
-        try:
-            ids, labels = encode_conversation(chosen.record["rejected_conversations"], self.base.tokenizer,
-                                              self.base.template, chosen.id)
-        except UnknownWords as err:
-            raise self.base.error(index, str(err), "unknown_words", "rejected") from err
-        expanded = self.base.expand(index, ids, chosen.kind, chosen.pixels, chosen.image_sizes, chosen.image_crops,
-                                    field="rejected")
-        rejected = replace(chosen, input_ids=expanded, labels=self.base._expand_labels(ids, labels, expanded))
+        ids, labels = self.base.encode(index, chosen.record["rejected_conversations"], chosen.kind, chosen.pixels,
+                                       chosen.image_sizes, chosen.image_crops, field="rejected")
+        rejected = replace(chosen, input_ids=ids, labels=labels)
         return {"chosen": chosen, "rejected": rejected}
 
 

@@ -4,7 +4,7 @@ import json
 import pytest
 import torch
 
-from ppllava.evaluate import _prompt_only, accuracy_by_length, accuracy_by_task
+from ppllava.evaluate import accuracy_by_length, accuracy_by_task
 from ppllava.train.recipe import Recipe
 from ppllava.train.recipe import main as recipe
 
@@ -21,13 +21,6 @@ def test_accuracy_by_length_groups_by_the_records_frames():
     results = [{"id": "a", "answer": "red", "predicted": "red"}, {"id": "b", "answer": "red", "predicted": "blue"},
                {"id": "c", "answer": "red", "predicted": "red"}]
     assert accuracy_by_length(results, records) == {16: 0.5, 64: 1.0}
-
-
-def test_prompt_only_cuts_at_the_answer():
-    from ppllava.data.dataset import Sample
-
-    sample = Sample("x", "video", [1, 7, 8, 9, 2], [-100, -100, -100, 9, 2], "q", torch.zeros(1))
-    assert _prompt_only(sample).input_ids == [1, 7, 8]
 
 
 @pytest.fixture(scope="module")
@@ -83,14 +76,24 @@ def test_training_logs_read_back(smoke_run):
 
 
 def test_video_chat_answers_with_the_relevance_of_its_question(smoke_run):
+    """The trained world model in a two-turn chat, the second turn streamed; its first answer is the
+    evaluation's answer to the record. (Caching, streaming, real checkpoints: tests/test_chat.py.)"""
     from ppllava.chat import VideoChat
-    from ppllava.data.dataset import read_records
+    from ppllava.data.dataset import LLaVADataset, read_records
+    from ppllava.evaluate import generate_answers
 
     out, _ = smoke_run
     record = next(r for r in read_records(out / "world" / "test.json") if "video" in r)
-    chat = VideoChat(Recipe(out, smoke=True).model("sft2"), out / "world" / record["video"])
-    turn = chat.ask("what colour is the star ?")
-    other = chat.ask("what colour is the circle ?")
+    model = Recipe(out, smoke=True).model("sft2")
+    chat = VideoChat(model, out / "world" / record["video"])
+    question = record["conversations"][0]["value"].replace("<video>", "").strip()
+    turn = chat.ask(question)
+    evaluated = generate_answers(model, LLaVADataset([record], model.config, chat.processor.tokenizer,
+                                                     media_root=out / "world"), batch_size=1)
+    assert turn.answer == evaluated[0]["predicted"].strip()
+    pieces = list(chat.stream("what colour is the circle ?"))
+    other = chat.history[-1]
+    assert "".join(pieces).strip() == other.answer and other.question == "what colour is the circle ?"
     assert turn.relevance.shape == (8, 4, 4) and float(turn.relevance.sum()) == pytest.approx(1, abs=1e-5)
     assert not torch.allclose(turn.relevance, other.relevance)  # each question pools by its own map
     assert turn.visual_tokens == 16 and len(chat.history) == 2 and isinstance(turn.answer, str)

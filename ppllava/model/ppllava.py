@@ -148,14 +148,34 @@ class PPLLaVA(nn.Module):
         """Patch tokens into CLIP's joint space `e`: (..., Dv) -> (..., Dc)."""
         return self.visual_projection(self.visual_layernorm(patches))
 
-    def relevance_maps(self, pixel_values_videos: torch.Tensor, clip_input_ids: torch.Tensor):
+    def video_features(self, pixel_values_videos: torch.Tensor) -> torch.Tensor:
+        """Each video's patch tokens, (n, T, 3, S, S) -> (n, T*g*g, Dv). They depend on the pixels only,
+        so a caller asking many questions of one video (the chat) computes them once and hands them back
+        as `video_features` to `relevance_maps`, `video_tokens`, `forward` and `generate`."""
+        inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
+        n, T = pixel_values_videos.shape[:2]
+        return self._patch_features(pixel_values_videos.flatten(0, 1)).reshape(n, T * self.patch_grid ** 2, -1)
+
+    def _video_patches(self, pixel_values_videos: torch.Tensor, video_features: Optional[torch.Tensor]) -> torch.Tensor:
+        """`video_features` when given (checked against the pixels), else computed from the pixels."""
+        if video_features is None:
+            return self.video_features(pixel_values_videos)
+        n, T = pixel_values_videos.shape[:2]
+        expected = (n, T * self.patch_grid ** 2, self.vision_config.hidden_size)
+        if tuple(video_features.shape) != expected:
+            raise ValueError(f"video_features must have shape (n, T*g*g, Dv) = {expected} for pixel_values_videos of "
+                             f"shape {tuple(pixel_values_videos.shape)}, got {tuple(video_features.shape)}")
+        return video_features
+
+    def relevance_maps(self, pixel_values_videos: torch.Tensor, clip_input_ids: torch.Tensor,
+                       video_features: Optional[torch.Tensor] = None):
         """(r, s) of DESIGN.md §2 for each video and its prompt, each (n, T, g, g) float32: what the
         alignment notebook draws, frame by frame."""
         inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
         inputs.check_clip_input_ids(clip_input_ids, n, "videos")
         g = self.patch_grid
-        patches = self._patch_features(pixel_values_videos.flatten(0, 1))
+        patches = self._video_patches(pixel_values_videos, video_features)
         e = self._patch_embeds(patches).view(n, T, g, g, -1)
         return prompt_relevance(e, self.encode_prompts(clip_input_ids), self.logit_scale,
                                 check_finite=self.config.check_finite)
@@ -196,9 +216,11 @@ class PPLLaVA(nn.Module):
         return self._pool(self.projector(patches), grid, relevance, media)
 
     def video_tokens(self, pixel_values_videos: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None,
-                     relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     relevance: Optional[torch.Tensor] = None,
+                     video_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
-        video, for 'prompt' pooling; or `relevance` (n, T, g, g) to pool by a given map (an oracle)."""
+        video, for 'prompt' pooling; or `relevance` (n, T, g, g) to pool by a given map (an oracle).
+        `video_features`: the videos' `video_features`, already computed."""
         inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
         g = self.patch_grid
@@ -209,7 +231,7 @@ class PPLLaVA(nn.Module):
             raise ValueError(f"prompt_embeds must have shape (n, Dc) with n = {n} videos, got {tuple(prompt_embeds.shape)}")
         elif self.config.pooling == "prompt" and prompt_embeds is None:
             raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
-        patches = self._patch_features(pixel_values_videos.flatten(0, 1)).reshape(n, T * g * g, -1)
+        patches = self._video_patches(pixel_values_videos, video_features)
         if self.config.pooling == "prompt" and relevance is None:
             relevance = prompt_relevance(self._patch_embeds(patches).view(n, T, g, g, -1), prompt_embeds,
                                          self.logit_scale, check_finite=self.config.check_finite)[1]
@@ -281,11 +303,14 @@ class PPLLaVA(nn.Module):
     def embed_inputs(self, input_ids: torch.Tensor, *, pixel_values: Optional[torch.Tensor] = None,
                      image_sizes=None, image_crops: Optional[Sequence[int]] = None,
                      pixel_values_videos: Optional[torch.Tensor] = None, clip_input_ids: Optional[torch.Tensor] = None,
-                     video_relevance: Optional[torch.Tensor] = None) -> torch.Tensor:
+                     video_relevance: Optional[torch.Tensor] = None,
+                     video_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """Token embeddings with the visual tokens scattered into their placeholders: (B, L, D)."""
         cfg = self.config
         self._check_batch(input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
                           video_relevance)
+        if video_features is not None and pixel_values_videos is None:
+            raise ValueError("video_features were given without pixel_values_videos (the videos they came from)")
         embeds = self.language_model.get_input_embeddings()(input_ids)
         image_mask, video_mask = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
         prompts = None
@@ -304,7 +329,8 @@ class PPLLaVA(nn.Module):
         if pixel_values_videos is not None:
             count = self.video_token_count(pixel_values_videos.shape[1])
             owners = self._owners(video_mask, [count] * pixel_values_videos.shape[0], "video")
-            tokens = self.video_tokens(pixel_values_videos, None if prompts is None else prompts[owners], video_relevance)
+            tokens = self.video_tokens(pixel_values_videos, None if prompts is None else prompts[owners], video_relevance,
+                                       video_features)
             embeds = embeds.masked_scatter(video_mask[..., None], tokens.to(embeds.dtype))
         elif video_mask.any():
             raise ValueError(f"input_ids hold {int(video_mask.sum())} video tokens but no pixel_values_videos were given")
@@ -312,11 +338,12 @@ class PPLLaVA(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, *, pixel_values=None, image_sizes=None, image_crops=None,
-                pixel_values_videos=None, clip_input_ids=None, video_relevance=None, **lm_kwargs) -> CausalLMOutputWithPast:
+                pixel_values_videos=None, clip_input_ids=None, video_relevance=None, video_features=None,
+                **lm_kwargs) -> CausalLMOutputWithPast:
         """Logits, and the next-token loss when `labels` are given (visual positions never count)."""
         embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
                                    pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
-                                   video_relevance=video_relevance)
+                                   video_relevance=video_relevance, video_features=video_features)
         if labels is not None:
             visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
             labels = labels.masked_fill(visual, -100)
@@ -325,12 +352,12 @@ class PPLLaVA(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, pixel_values=None,
                  image_sizes=None, image_crops=None, pixel_values_videos=None, clip_input_ids=None,
-                 video_relevance=None, **generate_kwargs) -> torch.Tensor:
+                 video_relevance=None, video_features=None, **generate_kwargs) -> torch.Tensor:
         """New tokens only, (B, new): transformers' `generate` (KV cache, greedy or sampling, stopping
         criteria) on the merged embeddings. Pad prompts on the left."""
         embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
                                    pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
-                                   video_relevance=video_relevance)
+                                   video_relevance=video_relevance, video_features=video_features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)

@@ -86,3 +86,50 @@ def released_ppllava_dir(path: Path, clip: Path) -> Path:
     state["multi_modal_projector.logit_scale"] = clip_model.logit_scale
     save_file({k: v.detach().contiguous() for k, v in state.items()}, path / "model.safetensors", metadata={"format": "pt"})
     return path
+
+
+# The layout of llava-hf's LLaVA-NeXT-Video chat template: content parts, media before the text, roles
+# in capitals, "ASSISTANT:" as the generation cue.
+VIDEO_CHAT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] != 'system' %}{{ m['role'].upper() + ': ' }}{% endif %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'video') %}{{ '<video>\n' }}{% endfor %}"
+    "{% for c in m['content'] | selectattr('type', 'equalto', 'text') %}{{ c['text'] + ' ' }}{% endfor %}"
+    "{% if m['role'] == 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+
+
+def tokenizer_dir(path: Path) -> Path:
+    """A LLaMA-style tokenizer for the tiny checkpoints' 128 ids, saved into `path` beside the weights
+    with `save_pretrained` and the chat template above, as a llava-hf directory holds its own: BPE
+    over characters with SentencePiece's "▁" for spaces, <pad> <s> </s> <unk> at 0-3, <image> and
+    <video> at IMAGE_TOKEN and VIDEO_TOKEN, 26 merges after them. Characters outside printable ASCII
+    are <unk>."""
+    import json
+
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors, trainers
+    from tokenizers import decoders
+    from transformers import PreTrainedTokenizerFast
+
+    specials, media = ["<pad>", "<s>", "</s>", "<unk>"], ["<image>", "<video>"]
+    alphabet = ["▁", "\n", *map(chr, range(33, 127))]  # 4 + 96 = IMAGE_TOKEN ids before the media tokens
+    metaspace = dict(replacement="▁", prepend_scheme="first")
+    trained = Tokenizer(models.BPE(unk_token="<unk>"))
+    trained.pre_tokenizer = pre_tokenizers.Metaspace(**metaspace)
+    trained.train_from_iterator(  # deterministic: the same merges every time
+        ["USER: what colour is the star ? ASSISTANT: the red circle moves left and the blue square stays still ."],
+        trainers.BpeTrainer(vocab_size=VOCAB - len(media), special_tokens=specials, initial_alphabet=alphabet,
+                            limit_alphabet=len(alphabet), show_progress=False))
+    bpe = json.loads(trained.to_str())["model"]
+    vocab = {t: i if i < IMAGE_TOKEN else i + len(media) for t, i in bpe["vocab"].items()}
+    vocab.update({"<image>": IMAGE_TOKEN, "<video>": VIDEO_TOKEN})
+    core = Tokenizer(models.BPE(vocab, [tuple(m) for m in bpe["merges"]], unk_token="<unk>"))
+    core.pre_tokenizer, core.decoder = pre_tokenizers.Metaspace(**metaspace), decoders.Metaspace(**metaspace)
+    core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])  # LLaMA's BOS
+    core.add_special_tokens(specials + media)  # never split: matched before the BPE
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=core, pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+                                        unk_token="<unk>", extra_special_tokens=media)
+    tokenizer.chat_template = VIDEO_CHAT_TEMPLATE
+    tokenizer.save_pretrained(str(path))
+    return path

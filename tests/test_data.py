@@ -365,3 +365,17 @@ def test_write_world_refuses_bad_split_sizes_before_writing(tmp_path, sizes, nam
     with pytest.raises(ValueError, match=re.escape(named)):
         write_world(tmp_path / "w", WorldSpec(), **{"train": 2, "val": 0, "test": 0, "long_per_length": 0, **sizes})
     assert not (tmp_path / "w").exists()
+
+
+def test_words_added_later_leave_every_earlier_word_its_id():
+    from ppllava.data.tokenizer import LATER_WORDS, world_words
+
+    words = world_words()
+    earlier = [w for w in words if w not in LATER_WORDS]
+    assert earlier == sorted(earlier) and words[len(earlier):] == [w for w in LATER_WORDS if w in words]
+    assert "six" in words  # the free layout counts up to six
+    # Ids as the tokenizer gave them before "six" (95 entries then): models trained since still read right.
+    vocab = build_world_tokenizer().get_vocab()
+    assert {w: vocab[w] for w in ("square", "star", "the", "triangle", "what", "yellow")} == \
+        {"square": 74, "star": 75, "the": 80, "triangle": 84, "what": 90, "yellow": 92}
+    assert vocab["six"] == 95

@@ -63,3 +63,20 @@ def test_a_record_without_its_scene_is_a_clear_error():
         oracle_relevance(record, 1, 64, 16)
     with pytest.raises(ValueError, match="frames \\[5\\]"):
         object_coverage(record_of(triangle_scene()), [5], 64, 16)
+
+
+def test_coverage_of_an_occluded_object_leaves_out_its_occluder():
+    # A red circle under a blue square drawn after it, both across the centre of a 64 px frame.
+    scene = Scene(64, 1, [SceneObject("circle", "red", 14.0, (26.0, 30.0), (0.0, 0.0), 0, 1),
+                          SceneObject("square", "blue", 12.0, (38.0, 34.0), (0.0, 0.0), 0, 1)])
+    _, masks = render(scene)
+    _, alone = render(Scene(64, 1, scene.objects[:1]))
+    under, over = masks[0, 0], masks[0, 1]
+    assert not (under & over).any() and 0 < under.sum() < alone[0, 0].sum()
+    assert (alone[0, 0] & over).sum() == alone[0, 0].sum() - under.sum()  # what it lost is the square's
+    coverage = object_coverage(record_of(scene, 0), [0], 64, 16)[0]
+    assert float(coverage.sum()) * 256 == pytest.approx(float(under.sum()))
+    # The square hides all of the circle's corner in the patch at rows/cols 32-47: none of it counts there.
+    assert alone[0, 0, 32:48, 32:48].sum() > 0 and float(coverage[2, 2]) == 0
+    relevance = oracle_relevance(record_of(scene, 0), 1, 64, 16)[0]
+    assert int(relevance.argmax()) in object_patches(coverage).flatten().nonzero().flatten().tolist()

@@ -1,11 +1,16 @@
 """The procedural world (DESIGN.md §3): coloured shapes on a dark background that move, appear and
 disappear. A scene is data (`Scene`), drawn deterministically from a seed; `render` turns it into
 frames and per-object masks. Nothing here touches the disk (see `ppllava.data.world`).
+
+Three layouts (`LAYOUTS`, issue #14): "quadrants" puts each object at the centre of its own quadrant,
+which at 64 px with 16 px patches makes every pooled token one object by construction; "shifted"
+moves each of those objects 2-6 px off its centre (a diagnostic of that shortcut); "free" places
+objects anywhere, of any size in 6-16 px, overlapping in part.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -18,6 +23,15 @@ COLOURS: Dict[str, Tuple[int, int, int]] = {
 SHAPES = ("circle", "square", "triangle", "star")
 DIRECTIONS = {"left": (-1, 0), "right": (1, 0), "up": (0, -1), "down": (0, 1)}
 BACKGROUND = (20, 20, 24)
+LAYOUTS = ("quadrants", "shifted", "free")
+# Objects per scene each layout allows: one per quadrant, or up to six anywhere.
+OBJECT_LIMITS = {"quadrants": (1, 4), "shifted": (1, 4), "free": (2, 6)}
+SHIFT_PX = (2.0, 6.0)  # "shifted": distance of each object from its quadrant centre, pixels at 64 px
+FREE_RADIUS_PX = (6.0, 16.0)  # "free": object radius, pixels at 64 px
+# "free": a mover travels one to two patches of a 4 x 4 grid (16-32 px at 64 px) while it is visible,
+# so the model sees it change patch whatever the resolution it reads the frames at.
+FREE_TRAVEL_PATCHES = (1.0, 2.0)
+MIN_VISIBLE = 0.6  # "free": share of its own pixels an object keeps visible in every frame it is on
 
 
 @dataclass
@@ -121,13 +135,26 @@ def boxes(masks: np.ndarray) -> List[List[Optional[List[int]]]]:
 
 
 def random_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool = True,
-                 needle: Optional[int] = None) -> Scene:
-    """A scene of distinct (colour, shape) objects of radius 10-14 px at 64 px (scaled with `size`),
-    each starting in its own quadrant, with distinct colours and distinct shapes. `needle`: the
-    first object is visible in only that many frames (the asked-about event of a long video), the
-    others stay throughout, and nothing moves."""
-    if not 1 <= num_objects <= 4:
-        raise ValueError(f"num_objects must be in [1, 4] (one per quadrant), got {num_objects}")
+                 needle: Optional[int] = None, layout: str = "quadrants") -> Scene:
+    """A scene of `num_objects` objects with distinct names ("red star") laid out by `layout` (see
+    the module docstring). `needle`: the first object is visible in only that many frames (the
+    asked-about event of a long video), the others stay throughout, and nothing moves."""
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; layouts are {LAYOUTS}")
+    low, high = OBJECT_LIMITS[layout]
+    if not low <= num_objects <= high:
+        raise ValueError(f"num_objects must be in [{low}, {high}] for layout {layout!r}, got {num_objects}")
+    if layout == "free":
+        return _free_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle)
+    return _quadrant_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle,
+                           shifted=layout == "shifted")
+
+
+def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
+                    needle: Optional[int], shifted: bool) -> Scene:
+    """Distinct colours and distinct shapes, radius 10-14 px at 64 px (scaled with `size`), each object
+    starting at the centre of its own quadrant, or, `shifted`, 2-6 px off it (radius capped so the
+    object stays inside the frame). The unshifted draws are the world before issue #14, seed for seed."""
     # Distinct colours and distinct shapes, so "the star" or "the red object" names one object.
     colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:num_objects]]
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:num_objects]]
@@ -139,6 +166,9 @@ def random_scene(rng: np.random.Generator, size: int, num_frames: int, num_objec
         radius = float(rng.uniform(10, 14)) * scale
         qx, qy = quadrant % 2, quadrant // 2
         start = ((qx + 0.5) * size / 2, (qy + 0.5) * size / 2)
+        if shifted:  # drawn only here, so the unshifted layout's random stream is the old one
+            angle, off = float(rng.uniform(0, 2 * math.pi)), float(rng.uniform(*SHIFT_PX)) * scale
+            start = (start[0] + off * math.cos(angle), start[1] + off * math.sin(angle))
         velocity = (0.0, 0.0)
         free = [d for d, (dx, dy) in DIRECTIONS.items()
                 if 0 <= qx + dx <= 1 and 0 <= qy + dy <= 1 and (qx + dx) + 2 * (qy + dy) not in claimed]
@@ -154,5 +184,80 @@ def random_scene(rng: np.random.Generator, size: int, num_frames: int, num_objec
             vanish = appear + needle
         elif needle is None and num_frames >= 4 and rng.random() < 0.3:
             appear = int(rng.integers(0, num_frames // 2))  # appears later
+        if shifted:  # the shift must not push the object (or, a mover, its end) out of the frame
+            ends = [start, (start[0] + velocity[0] * (vanish - 1 - appear), start[1] + velocity[1] * (vanish - 1 - appear))]
+            radius = min([radius] + [min(x, y, size - x, size - y) for x, y in ends])
         objects.append(SceneObject(shape, colour, radius, start, velocity, appear, vanish))
+    return Scene(size, num_frames, objects)
+
+
+def _free_names(rng: np.random.Generator, num_objects: int, needle: Optional[int]) -> List[Tuple[str, str]]:
+    """Distinct (colour, shape) names; colours and shapes may repeat ("red star", "red circle"), so a
+    question may name only what is unique in its scene (`ppllava.data.tasks`). A needle's shape is
+    unique, since its question is "what colour is the {shape} ?"."""
+    pairs = [(list(COLOURS)[i // len(SHAPES)], SHAPES[i % len(SHAPES)])
+             for i in rng.permutation(len(COLOURS) * len(SHAPES))]
+    if needle is not None:
+        pairs = pairs[:1] + [p for p in pairs[1:] if p[1] != pairs[0][1]]
+    return pairs[:num_objects]
+
+
+def _free_object(rng: np.random.Generator, size: int, num_frames: int, name: Tuple[str, str], moving: bool,
+                 needle: Optional[int], first: bool) -> SceneObject:
+    """One object of the free layout: radius, appearance, motion and a start that keeps the whole
+    object (its axis-aligned extent, at most `radius` from the centre) in the frame while visible."""
+    scale = size / 64
+    radius = float(rng.uniform(*FREE_RADIUS_PX)) * scale
+    appear, vanish = 0, num_frames
+    if needle is not None and first:
+        appear = int(rng.integers(0, num_frames - needle + 1))
+        vanish = appear + needle
+    elif needle is None and num_frames >= 4 and rng.random() < 0.3:
+        appear = int(rng.integers(0, num_frames // 2))  # appears later
+    span = vanish - 1 - appear  # frames between its first and last visible frame
+    dx = dy = travel = 0.0
+    if moving and needle is None and span > 0 and rng.random() < 0.7:
+        dx, dy = DIRECTIONS[list(DIRECTIONS)[int(rng.integers(len(DIRECTIONS)))]]
+        travel = float(rng.uniform(*FREE_TRAVEL_PATCHES)) * size / 4
+    # Along the axis of motion the start leaves room for the travel; radius + travel <= size (16 + 32 at 64).
+    lo = [radius + travel * (d < 0) for d in (dx, dy)]
+    hi = [size - radius - travel * (d > 0) for d in (dx, dy)]
+    start = (float(rng.uniform(lo[0], hi[0])), float(rng.uniform(lo[1], hi[1])))
+    speed = travel / span if travel else 0.0
+    return SceneObject(name[1], name[0], radius, start, (dx * speed, dy * speed), appear, vanish)
+
+
+def visible_shares(scene: Scene) -> np.ndarray:
+    """(K,) the least share of its own pixels each object shows over the frames it is on (1 when
+    nothing covers it). A scene where nothing moves is checked with every object on screen at once,
+    its worst case, in one frame: a needle world's 256-frame videos stay cheap to draw."""
+    if all(o.velocity == (0.0, 0.0) for o in scene.objects):
+        scene = Scene(scene.size, 1, [replace(o, appear=0, vanish=1) for o in scene.objects])
+    _, seen = render(scene)  # (T, K, S, S)
+    shares = np.ones(len(scene.objects))
+    for k, obj in enumerate(scene.objects):
+        _, alone = render(Scene(scene.size, scene.num_frames, [obj]))  # (T, 1, S, S): its pixels, uncovered
+        whole, kept = alone[:, 0].sum((1, 2)), seen[:, k].sum((1, 2))
+        on = whole > 0
+        if on.any():
+            shares[k] = float((kept[on] / whole[on]).min())
+    return shares
+
+
+def _free_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
+                needle: Optional[int], tries: int = 200) -> Scene:
+    """Objects placed one at a time, each redrawn (size, motion, place) until every object so far
+    keeps MIN_VISIBLE of its pixels in sight; touching and partial cover are allowed. Crowded scenes
+    favour the smaller radii that fit, as a packing must."""
+    names = _free_names(rng, num_objects, needle)
+    objects: List[SceneObject] = []
+    for k, name in enumerate(names):
+        for _ in range(tries):
+            candidate = _free_object(rng, size, num_frames, name, moving, needle, first=k == 0)
+            if visible_shares(Scene(size, num_frames, objects + [candidate])).min() >= MIN_VISIBLE:
+                objects.append(candidate)
+                break
+        else:
+            raise ValueError(f"free layout: no place for object {k + 1} of {num_objects} ({' '.join(name)}) in "
+                             f"{tries} tries at {size} px; ask for fewer objects or a larger size")
     return Scene(size, num_frames, objects)

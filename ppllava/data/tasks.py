@@ -12,7 +12,7 @@ import numpy as np
 
 from ppllava.data.scenes import COLOURS, DIRECTIONS, SHAPES, Scene
 
-NUMBERS = ("zero", "one", "two", "three", "four", "five")
+NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")  # the free layout holds up to six objects
 LETTERS = ("A", "B", "C", "D")
 TEXT_TASKS = ("lookup",)  # text-only records: the in-context option lookup a pretrained LLM brings
 VIDEO_TASKS = ("caption", "colour", "shape", "mc", "count", "direction", "order")
@@ -57,11 +57,40 @@ def _describe(obj, media: str) -> str:
     return f"a {obj.name} moves {obj.direction}"
 
 
-def ask(rng: np.random.Generator, scene: Scene, task: str, media: str = "video", target: Optional[int] = None) -> Question:
-    """A question of `task` about `scene` ("video" or "image"). Raises ValueError when the scene
-    cannot support the task (e.g. direction with nothing moving), so callers pick another."""
+def _named_by(objects, key) -> List[int]:
+    """Indices of the objects that `key` (an object -> attribute function) names alone in the scene."""
+    values = [key(o) for o in objects]
+    return [i for i, v in enumerate(values) if values.count(v) == 1]
+
+
+def _unique_target(rng: np.random.Generator, objects, k: int, target: Optional[int], key, task: str, what: str) -> int:
+    """`k` if its `what` names it alone, else (no fixed target) one drawn among those that do. When
+    every object qualifies (the quadrant layouts: distinct colours and shapes) no draw is made, so
+    those worlds repeat seed for seed."""
+    named = _named_by(objects, key)
+    if k in named:
+        return k
+    if target is not None or not named:
+        raise ValueError(f"{task}: no object {'' if target is None else f'{target} '}is the only one of its {what} "
+                         f"in the scene {[o.name for o in objects]}")
+    return named[int(rng.integers(len(named)))]
+
+
+def ask(rng: np.random.Generator, scene: Scene, task: str, media: str = "video", target: Optional[int] = None,
+        max_count: int = 4) -> Question:
+    """A question of `task` about `scene` ("video" or "image"). A question names its object by an
+    attribute no other object of the scene shares, so it has one answer. Raises ValueError when the
+    scene cannot support the task (e.g. direction with nothing moving, or no shape unique for a
+    colour question), so callers pick another. `max_count`: the most objects the world puts in a
+    scene, the range wrong counts are drawn from."""
     objects = scene.objects
+    if len({o.name for o in objects}) < len(objects):
+        raise ValueError(f"scene objects {[o.name for o in objects]} share a name: a question could have two answers")
     k = int(rng.integers(len(objects))) if target is None else target
+    if task in ("colour", "mc"):  # "what colour is the {shape} ?"
+        k = _unique_target(rng, objects, k, target, lambda o: o.shape, task, "shape")
+    elif task == "shape":  # "what shape is the {colour} object ?"
+        k = _unique_target(rng, objects, k, target, lambda o: o.colour, task, "colour")
     obj = objects[k]
     if task == "caption":
         answer = " and ".join(_describe(o, media) for o in objects)
@@ -85,7 +114,8 @@ def ask(rng: np.random.Generator, scene: Scene, task: str, media: str = "video",
                         f"{obj.colour} , so {letter}", f"{wrong} , so {LETTERS[options.index(wrong)]}", k, options)
     if task == "count":
         n = len(objects)
-        return Question(task, "how many objects are there ?", NUMBERS[n], _other(rng, NUMBERS[1:5], NUMBERS[n]), None)
+        counts = NUMBERS[1:max(max_count, n) + 1]
+        return Question(task, "how many objects are there ?", NUMBERS[n], _other(rng, counts, NUMBERS[n]), None)
     if task == "direction":
         movers = [i for i, o in enumerate(objects) if o.direction is not None]
         if target is None and movers:

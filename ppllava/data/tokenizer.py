@@ -26,13 +26,18 @@ CHAT_TEMPLATE = (
 )
 
 
+LATER_WORDS = ("six",)  # the free layout's sixth object (issue #14), appended in this order
+
+
 def world_words(extra: Iterable[str] = ()) -> list:
     """The world's vocabulary plus the conversation templates' own words, split exactly as the
     tokenizer's pre-tokenizer splits them (so no template word falls back to <unk>)."""
     split = PRE_TOKENIZER.pre_tokenize_str
     texts = [*vocabulary(), *extra] + [" ".join([t.system, t.user, t.assistant, t.end]) for t in TEMPLATES.values()]
-    words = {piece for text in texts for piece, _ in split(text)}
-    return sorted(words - set(SPECIAL_TOKENS))
+    words = {piece for text in texts for piece, _ in split(text)} - set(SPECIAL_TOKENS)
+    # Words the world gained after models were trained go last, so that no earlier word changes id
+    # (a sorted insertion would silently re-map every later word of a saved model's vocabulary).
+    return sorted(words - set(LATER_WORDS)) + [w for w in LATER_WORDS if w in words]
 
 
 def build_world_tokenizer(extra_words: Iterable[str] = ()) -> PreTrainedTokenizerFast:

@@ -2,12 +2,13 @@
 conversation JSON, LLaVA-Hound-style DPO JSONL. Deterministic per seed; splits never share one.
 
     python -m ppllava.data.world --out data/tiny --train 400 --val 100 --test 100
+    python -m ppllava.data.world --out data/free --layout free --diagnostics quadrants=150 shifted=150 free=150
 """
 from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
@@ -16,24 +17,30 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ppllava.data.scenes import boxes, random_scene, render
+from ppllava.data.scenes import LAYOUTS, OBJECT_LIMITS, boxes, random_scene, render
 from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, vocabulary
 from ppllava.validation import check_fields, count_type
 
 SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000,
                    "needle-train": 4_000_000, "needle-val": 5_000_000, "needle-test": 6_000_000,
                    "dpo-train": 7_000_000, "dpo-val": 8_000_000, "dpo-test": 9_000_000}
+DIAGNOSTIC_SEED = 10  # diagnostic splits draw from (seed, 10, layout, index): apart from every split above
 MEDIA = ("video", "image", "multi", "text")
 
 
 @dataclass
 class WorldSpec:
+    """What the world draws. `layout` (scenes.LAYOUTS): "quadrants" (one object at each quadrant's
+    centre, the world every trained result and notebook of the kit was measured on, and so still the
+    default until they are re-measured, issue #14), "shifted" (those objects 2-6 px off centre) or
+    "free" (2-6 objects anywhere, radius 6-16 px, partly overlapping, movers crossing 1-2 patches)."""
     size: int = 64  # frame side, pixels (336 for the paper shape)
     frames: int = 8  # frames per short clip
     fps: int = 8
     # share of records per kind: video | image | multi | text (text-only option lookups, no media)
     media_mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.4, "image": 0.25, "multi": 0.15, "text": 0.2})
-    max_objects: int = 4
+    layout: str = "quadrants"
+    max_objects: Optional[int] = None  # most objects per scene; None: the layout's own (4 for quadrants, 6 free)
     long_frames: Sequence[int] = (16, 64, 256)  # lengths of the needle videos
     needle_frames: Sequence[int] = (1, 2)  # how long the asked-about object is visible
     task_weights: Optional[Dict[str, float]] = None  # None: tasks equally likely; {"mc": 10}: ten times more MC
@@ -47,8 +54,12 @@ class WorldSpec:
         for name in ("frames", "fps"):
             if getattr(self, name) < 1:
                 raise ValueError(f"WorldSpec.{name} must be >= 1, got {getattr(self, name)}")
-        if not 1 <= self.max_objects <= 4:
-            raise ValueError(f"WorldSpec.max_objects must be in [1, 4] (one object per quadrant), got {self.max_objects}")
+        if self.layout not in LAYOUTS:
+            raise ValueError(f"WorldSpec.layout must be one of {LAYOUTS}, got {self.layout!r}")
+        low, high = OBJECT_LIMITS[self.layout]
+        if self.max_objects is not None and not low <= self.max_objects <= high:
+            why = "one object per quadrant" if self.layout != "free" else "free layout"
+            raise ValueError(f"WorldSpec.max_objects must be in [{low}, {high}] ({why}), got {self.max_objects}")
         if self.seed < 0:
             raise ValueError(f"WorldSpec.seed must be >= 0, got {self.seed}")
         if not self.needle_frames or min(self.needle_frames) < 1:
@@ -97,7 +108,7 @@ def _conversation(media_tokens: str, question: str, answer: str) -> List[Dict[st
     return [{"from": "human", "value": f"{media_tokens}\n{question}"}, {"from": "gpt", "value": answer}]
 
 
-def _pick(rng, tasks, scene, media, weights: Optional[Dict[str, float]] = None):
+def _pick(rng, tasks, scene, media, weights: Optional[Dict[str, float]] = None, max_count: int = 4):
     """The first task, in a random order, that the scene supports; `weights` (task -> relative
     weight, 1 for tasks not named) skews that order, e.g. {"mc": 10} for ten times more multiple choice."""
     if weights:
@@ -107,7 +118,7 @@ def _pick(rng, tasks, scene, media, weights: Optional[Dict[str, float]] = None):
         order = rng.permutation(len(tasks))
     for t in order:
         try:
-            return ask(rng, scene, tasks[t], media)
+            return ask(rng, scene, tasks[t], media, max_count=max_count)
         except ValueError:  # the scene cannot support this task: take the next
             continue
     raise AssertionError("every scene supports colour, shape, count and caption")
@@ -122,14 +133,23 @@ class WorldWriter:
     def _seed(self, split: str, index: int) -> int:
         return self.spec.seed * 10_000_000 + SPLIT_SEED_BASE[split] + index
 
+    def _objects(self, rng, needle: bool = False) -> int:
+        """How many objects a scene holds: from the layout's least (2 for a needle's scene) to its most."""
+        low, high = OBJECT_LIMITS[self.spec.layout]
+        return int(rng.integers(max(low, 2 if needle else 1), (self.spec.max_objects or high) + 1))
+
+    def _scene(self, rng, num_frames: int, num_objects: int, **kwargs):
+        return random_scene(rng, self.spec.size, num_frames, num_objects, layout=self.spec.layout, **kwargs)
+
     def video_record(self, split: str, index: int, rng, num_frames: int, needle: Optional[int] = None):
         spec = self.spec
-        scene = random_scene(rng, spec.size, num_frames, int(rng.integers(2 if needle else 1, spec.max_objects + 1)),
-                             needle=needle)
+        scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle)
         frames, masks = render(scene)
         name = f"{split}-{index:06d}" + (f"-long{num_frames}" if needle else "")
         write_video(self.root / "videos" / f"{name}.mp4", frames, spec.fps)
-        q = ask(rng, scene, "colour", "video", target=0) if needle else _pick(rng, VIDEO_TASKS, scene, "video", spec.task_weights)
+        max_count = OBJECT_LIMITS[spec.layout][1]
+        q = (ask(rng, scene, "colour", "video", target=0, max_count=max_count) if needle
+             else _pick(rng, VIDEO_TASKS, scene, "video", spec.task_weights, max_count))
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),
                   "task": "needle" if needle else q.task, "frames": num_frames, "fps": spec.fps,
@@ -147,11 +167,11 @@ class WorldWriter:
         return record, dpo
 
     def image_record(self, split: str, index: int, rng):
-        scene = random_scene(rng, self.spec.size, 1, int(rng.integers(1, self.spec.max_objects + 1)), moving=False)
+        scene = self._scene(rng, 1, self._objects(rng), moving=False)
         frames, masks = render(scene)
         name = f"{split}-{index:06d}"
         Image.fromarray(frames[0]).save(self.root / "images" / f"{name}.png")
-        q = _pick(rng, IMAGE_TASKS, scene, "image", self.spec.task_weights)
+        q = _pick(rng, IMAGE_TASKS, scene, "image", self.spec.task_weights, OBJECT_LIMITS[self.spec.layout][1])
         return {"id": name, "image": f"images/{name}.png", "conversations": _conversation("<image>", q.question, q.answer),
                 "task": q.task, "objects": [o.name for o in scene.objects], "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
                                                                           "shape": scene.objects[q.target].shape},
@@ -161,11 +181,12 @@ class WorldWriter:
     def multi_record(self, split: str, index: int, rng):
         count = int(rng.integers(2, 4))
         where = int(rng.integers(count))
-        scenes = [random_scene(rng, self.spec.size, 1, int(rng.integers(1, 3)), moving=False) for _ in range(count)]
+        low = OBJECT_LIMITS[self.spec.layout][0]  # 1-2 objects an image, 2-3 in the free layout
+        scenes = [self._scene(rng, 1, int(rng.integers(low, low + 2)), moving=False) for _ in range(count)]
         target = scenes[where].objects[0]
         for j in range(count):  # the asked-about object is in exactly one image: redraw the others until so
             while j != where and any((o.colour, o.shape) == (target.colour, target.shape) for o in scenes[j].objects):
-                scenes[j] = random_scene(rng, self.spec.size, 1, int(rng.integers(1, 3)), moving=False)
+                scenes[j] = self._scene(rng, 1, int(rng.integers(low, low + 2)), moving=False)
         paths, per_image = [], []
         for j, scene in enumerate(scenes):
             frames, masks = render(scene)
@@ -186,12 +207,14 @@ class WorldWriter:
                 "conversations": [{"from": "human", "value": q.question}, {"from": "gpt", "value": q.answer}],
                 "task": q.task, "options": q.options}
 
-    def write_split(self, split: str, count: int, progress: bool = True) -> Dict[str, int]:
+    def write_split(self, split: str, count: int, progress: bool = True, seeds=None) -> Dict[str, int]:
+        """`{split}.json` (and `{split}_dpo.jsonl`); `seeds(index)`: each record's seed, by default
+        the split's own range (SPLIT_SEED_BASE)."""
         records, dpo = [], []
         kinds = list(self.spec.media_mix)
         weights = np.array([self.spec.media_mix[k] for k in kinds], dtype=float)
         for index in tqdm(range(count), desc=f"world {split}", disable=not progress):
-            rng = np.random.default_rng(self._seed(split, index))
+            rng = np.random.default_rng(self._seed(split, index) if seeds is None else seeds(index))
             kind = kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
             if kind == "video":
                 record, pair = self.video_record(split, index, rng, self.spec.frames)
@@ -205,6 +228,15 @@ class WorldWriter:
             records.append(record)
         self._dump(split, records, dpo)
         return {"records": len(records), "dpo": len(dpo)}
+
+    def write_diagnostic_split(self, layout: str, count: int, progress: bool = True) -> Dict[str, int]:
+        """`test_{layout}.json` (and its DPO pairs): a held-out split of `layout`'s own world at its
+        own object count, whatever layout this world trains on, from seeds no other split draws."""
+        if layout not in LAYOUTS:
+            raise ValueError(f"diagnostic split: unknown layout {layout!r}; layouts are {LAYOUTS}")
+        writer = WorldWriter(self.root, replace(self.spec, layout=layout, max_objects=None))
+        seeds = lambda index: (self.spec.seed, DIAGNOSTIC_SEED, LAYOUTS.index(layout), index)  # noqa: E731
+        return writer.write_split(f"test_{layout}", count, progress, seeds=seeds)
 
     def write_long(self, per_length: int, progress: bool = True) -> Dict[str, int]:
         """Needle-in-a-long-video records: the asked-about object fills 1-2 frames of each video."""
@@ -245,17 +277,23 @@ class WorldWriter:
 
 def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val: int = 100, test: int = 100,
                 long_per_length: int = 30, dpo_videos: Optional[Dict[str, int]] = None,
-                progress: bool = True) -> Dict[str, Dict[str, int]]:
+                diagnostics: Optional[Dict[str, int]] = None, progress: bool = True) -> Dict[str, Dict[str, int]]:
     """Write every split under `root`, with world.json describing the spec and vocabulary.
 
     dpo_videos: fresh videos for a split's DPO pairs, e.g. {"train": 3000, "test": 1000}; a split not
-    named takes its pairs from its own video records (for train: videos the SFT stages trained on)."""
+    named takes its pairs from its own video records (for train: videos the SFT stages trained on).
+    diagnostics: held-out `test_{layout}.json` splits of other layouts, e.g. {"quadrants": 150,
+    "shifted": 150, "free": 150}: a model that learned the quadrant lattice scores apart on them."""
     spec = spec or WorldSpec()
     unknown = set(dpo_videos or {}) - {"train", "val", "test"}
     if unknown:
         raise ValueError(f"dpo_videos: unknown splits {sorted(unknown)}; splits are train, val, test")
+    unknown = set(diagnostics or {}) - set(LAYOUTS)
+    if unknown:
+        raise ValueError(f"diagnostics: unknown layouts {sorted(unknown)}; layouts are {LAYOUTS}")
     sizes = {"train": train, "val": val, "test": test, "long_per_length": long_per_length,
-             **{f"dpo_videos[{k!r}]": v for k, v in (dpo_videos or {}).items()}}
+             **{f"dpo_videos[{k!r}]": v for k, v in (dpo_videos or {}).items()},
+             **{f"diagnostics[{k!r}]": v for k, v in (diagnostics or {}).items()}}
     for name, n in sizes.items():  # before any directory is made
         if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 0:
             raise ValueError(f"write_world: {name} must be a count >= 0, got {n!r}")
@@ -265,6 +303,9 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
         counts.setdefault(split, {}).update(writer.write_preference_split(split, n, progress))
     if long_per_length:
         counts["long"] = writer.write_long(long_per_length, progress)
+    for layout, n in (diagnostics or {}).items():
+        if n:
+            counts[f"test_{layout}"] = writer.write_diagnostic_split(layout, n, progress)
     meta = {"spec": {**asdict(spec), "long_frames": list(spec.long_frames), "needle_frames": list(spec.needle_frames)},
             "counts": counts, "vocabulary": vocabulary()}
     (Path(root) / "world.json").write_text(json.dumps(meta, indent=1))
@@ -298,6 +339,12 @@ def main(argv=None) -> None:
     parser.add_argument("--long-frames", type=count_type(1), nargs="*", default=[16, 64, 256])
     parser.add_argument("--long-per-length", type=count_type(0), default=30)
     parser.add_argument("--seed", type=count_type(0), default=0)
+    parser.add_argument("--layout", choices=LAYOUTS, default="quadrants",
+                        help="where objects go: quadrants (the kit's measured world), shifted, or free (anywhere)")
+    parser.add_argument("--max-objects", type=count_type(1), default=None,
+                        help="most objects per scene (default: the layout's own, 4 or 6)")
+    parser.add_argument("--diagnostics", nargs="*", default=[], metavar="LAYOUT=COUNT",
+                        help="held-out test_LAYOUT.json splits of other layouts, e.g. quadrants=150 shifted=150 free=150")
     parser.add_argument("--task-weight", nargs="*", default=[], metavar="TASK=WEIGHT",
                         help="skew the question mix, e.g. mc=10 (others weigh 1)")
     parser.add_argument("--dpo-videos", nargs="*", default=[], metavar="SPLIT=COUNT",
@@ -309,13 +356,17 @@ def main(argv=None) -> None:
     unknown = set(dpo_videos) - {"train", "val", "test"}
     if unknown or any(n < 0 for n in dpo_videos.values()):
         parser.error(f"--dpo-videos takes train, val or test = a count >= 0, got {args.dpo_videos}")
+    diagnostics = {k: _number(parser, "--diagnostics", k, v, int) for k, _, v in (i.partition("=") for i in args.diagnostics)}
+    if set(diagnostics) - set(LAYOUTS) or any(n < 0 for n in diagnostics.values()):
+        parser.error(f"--diagnostics takes {', '.join(LAYOUTS)} = a count >= 0, got {args.diagnostics}")
     try:
         spec = WorldSpec(size=args.size, frames=args.frames, fps=args.fps, long_frames=tuple(args.long_frames),
-                         task_weights=weights or None, seed=args.seed)
+                         task_weights=weights or None, seed=args.seed, layout=args.layout, max_objects=args.max_objects)
     except ValueError as err:
         parser.error(str(err))
     counts = write_world(args.out, spec, train=args.train, val=args.val, test=args.test,
-                         long_per_length=args.long_per_length if args.long_frames else 0, dpo_videos=dpo_videos or None)
+                         long_per_length=args.long_per_length if args.long_frames else 0, dpo_videos=dpo_videos or None,
+                         diagnostics=diagnostics or None)
     print(json.dumps(counts))
 
 

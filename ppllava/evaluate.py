@@ -8,9 +8,10 @@ is an omission, not a hallucination). Every other answer is right when it matche
 """
 from __future__ import annotations
 
+import math
 import re
 from collections import defaultdict
-from typing import Dict, Iterable, List, Optional, Sequence
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from tqdm.auto import tqdm
@@ -96,6 +97,26 @@ def accuracy_by_length(results: List[Dict[str, str]], records: Sequence[dict]) -
     for r in results:
         hits[frames[r["id"]]].append(answer_correct(r["predicted"], r["answer"], r.get("task", "?")))
     return {length: sum(v) / len(v) for length, v in sorted(hits.items())}
+
+
+def wilson_interval(hits: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
+    """The Wilson score interval of a proportion hits / n (95 % by default): unlike the normal
+    approximation it stays inside [0, 1] and is sensible at 0 or n hits."""
+    if n < 1 or not 0 <= hits <= n:
+        raise ValueError(f"wilson_interval needs 0 <= hits <= n and n >= 1, got hits={hits}, n={n}")
+    p, z2 = hits / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def counts_by_task(results: List[Dict[str, str]]) -> Dict[str, Tuple[int, int]]:
+    """(right, asked) per task and overall ("all"), for accuracies with intervals."""
+    hits: Dict[str, List[bool]] = defaultdict(list)
+    for r in results:
+        ok = answer_correct(r["predicted"], r["answer"], r["task"])
+        hits[r["task"]].append(ok)
+        hits["all"].append(ok)
+    return {task: (sum(v), len(v)) for task, v in sorted(hits.items())}
 
 
 def accuracy_by_task(results: List[Dict[str, str]]) -> Dict[str, float]:

@@ -55,3 +55,13 @@ def test_caption_recall_counts_the_true_clauses_stated():
                {"task": "colour", "answer": "red", "predicted": "blue"}]  # not a caption: not counted
     assert caption_recall(results) == {"caption_recall": (1 + 0 + 1) / 3, "caption_clauses": (2 + 1 + 1) / 3}
     assert math.isnan(caption_recall(results[3:])["caption_recall"])
+
+
+def test_wilson_interval_matches_the_formula_and_stays_in_range():
+    from ppllava.evaluate import wilson_interval
+
+    # statsmodels' proportion_confint(95, 100, method="wilson"): (0.88825, 0.97846)
+    assert wilson_interval(95, 100) == pytest.approx((0.888250, 0.978456), abs=1e-6)
+    assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="hits=3, n=2"):
+        wilson_interval(3, 2)

@@ -38,6 +38,12 @@ def test_recipe_runs_every_stage_and_scores_them(smoke_run):
         assert 0 <= results[side]["preference_accuracy"] <= 1
         assert 0 <= results[side]["hallucination_rate"] <= results[side]["error_rate"] <= 1  # a false answer is a wrong one
     assert (out / "results.md").read_text().startswith("| measure | value |")
+    # Every layout's held-out split, whatever the stages trained on, as (right, asked) counts.
+    assert set(saved["layouts"]) == {"quadrants", "shifted", "free"}
+    for layout, scores in saved["layouts"].items():
+        assert (out / "world" / f"test_{layout}.json").exists() and scores["sft"]["all"][1] == 16
+        assert 0 <= scores["pointing"][0] <= scores["pointing"][1]
+    assert "| free layout: accuracy after SFT, all |" in (out / "results.md").read_text()
 
 
 def test_recipe_reuses_what_it_trained_and_refuses_to_mix_runs(smoke_run):

@@ -23,8 +23,9 @@ from ppllava.data.clip_pairs import ClipPairCollator, ClipPairDataset
 from ppllava.data.dataset import LLaVADataset
 from ppllava.data.preference import PreferenceDataset
 from ppllava.data.tokenizer import build_world_tokenizer
-from ppllava.data.world import WorldSpec, write_world
-from ppllava.evaluate import accuracy_by_task, generate_answers, pointing, preference_scores
+from ppllava.data.world import LAYOUTS, WorldSpec, WorldWriter, write_world
+from ppllava.evaluate import (accuracy_by_task, counts_by_task, generate_answers, pointing, preference_scores,
+                              wilson_interval)
 from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
@@ -64,6 +65,7 @@ class Recipe:
     eval: int = 300
     task_weights: Dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
     dpo_videos: Dict[str, int] = field(default_factory=lambda: dict(DPO_VIDEOS))
+    layout: str = "quadrants"  # the world the stages train on (WorldSpec.layout); every layout is also tested
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -78,15 +80,15 @@ class Recipe:
         world = self.out / "world"
         marker = self.out / "recipe.json"
         wanted = {"preset": self.preset, "smoke": self.smoke, "train": self.train, "eval": self.eval,
-                  "task_weights": self.task_weights, "dpo_videos": self.dpo_videos}
+                  "task_weights": self.task_weights, "dpo_videos": self.dpo_videos, "layout": self.layout}
         if marker.exists():
-            found = json.loads(marker.read_text())
+            found = {"layout": "quadrants", **json.loads(marker.read_text())}  # runs from before layouts
             if found != wanted:
                 raise ValueError(f"{marker} holds a recipe run with {found}, not {wanted}: "
                                  "use another --out (or delete it) instead of mixing the two")
         if not (world / "world.json").exists():
             start = time.perf_counter()
-            write_world(world, WorldSpec(task_weights=self.task_weights), train=self.train, val=self.eval,
+            write_world(world, WorldSpec(task_weights=self.task_weights, layout=self.layout), train=self.train, val=self.eval,
                         test=self.eval, long_per_length=0, dpo_videos=self.dpo_videos)
             self.seconds["world"] = time.perf_counter() - start
             self.out.mkdir(parents=True, exist_ok=True)
@@ -193,10 +195,33 @@ class Recipe:
         results["dpo_before"] = preference_scores(sft, pairs)
         results["dpo_after"] = preference_scores(dpo, pairs)
         results["dpo_accuracy"] = accuracy_by_task(generate_answers(dpo, test))
+        results["layouts"] = {layout: self.layout_scores(layout, clip, sft, tokenizer) for layout in LAYOUTS}
         self.seconds["evaluation"] = time.perf_counter() - start
         results["seconds"] = dict(self.seconds, total=sum(self.seconds.values()))
         results["recipe"] = {k: v for k, v in asdict(self).items() if k != "out"}
         return results
+
+
+    def layout_split(self, layout: str) -> Path:
+        """world/test_<layout>.json, `eval` held-out records of `layout`'s world whatever the stages
+        trained on, written on first use from seeds no other split draws (so adding it to an older run
+        directory changes nothing that was trained)."""
+        path = self.world / f"test_{layout}.json"
+        if not path.exists():
+            WorldWriter(self.world, WorldSpec(task_weights=self.task_weights, layout=self.layout)).write_diagnostic_split(
+                layout, self.eval, progress=False)
+        return path
+
+    def layout_scores(self, layout: str, clip: PPLLaVA, sft: PPLLaVA, tokenizer) -> Dict[str, object]:
+        """Pointing (full names) and SFT accuracy by task on `layout`'s held-out split, each as
+        (right, asked): a model that learned the quadrant lattice scores apart on the three layouts."""
+        path = self.layout_split(layout)
+        pairs = ClipPairDataset(path, clip.config.image_size, clip.config.patch_size)
+        loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(clip.config.text_context_length))
+        pointed = pointing(clip, loader)
+        return {"pointing": [round(pointed * len(pairs)), len(pairs)],
+                "sft": {task: list(c) for task, c in counts_by_task(
+                    generate_answers(sft, LLaVADataset(path, sft.config, tokenizer))).items()}}
 
 
 def _training_fields(cfg: TrainConfig) -> Dict[str, object]:
@@ -212,6 +237,8 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--train", type=count_type(1), default=7500)
     parser.add_argument("--eval", type=count_type(1), default=300)
     parser.add_argument("--smoke", action="store_true")
+    parser.add_argument("--layout", choices=LAYOUTS, default="quadrants",
+                        help="the world the stages train on; the scores cover every layout's held-out split")
     args = parser.parse_args(argv)
     # Every stage's config is read before the world is written: a bad one is a usage error, not a crash hours in.
     for stage in dict.fromkeys("clip" if name == "clip_global" else name for name in STAGES):
@@ -223,7 +250,7 @@ def main(argv=None) -> Dict[str, object]:
             TrainConfig.from_yaml(path)
         except ValueError as err:
             parser.error(str(err))
-    recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval)
+    recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval, layout=args.layout)
     results = recipe.results()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table(results))
@@ -251,8 +278,23 @@ def table(r: Dict[str, object]) -> str:
         f"{r['dpo_before']['caption_recall']:.3f} / {r['dpo_after']['caption_recall']:.3f} |",
         f"| clauses per caption, before / after | "
         f"{r['dpo_before']['caption_clauses']:.2f} / {r['dpo_after']['caption_clauses']:.2f} |",
+        *_layout_rows(r.get("layouts", {})),
     ]
     return "\n".join(rows) + "\n"
+
+
+def _rate(right: int, asked: int) -> str:
+    lo, hi = wilson_interval(right, asked)
+    return f"{right / asked:.3f} [{lo:.2f}, {hi:.2f}] (n={asked})"
+
+
+def _layout_rows(layouts: Dict[str, Dict[str, object]]) -> list:
+    """Pointing and SFT accuracy per task on each layout's held-out split, with 95 % Wilson intervals."""
+    rows = []
+    for layout, scores in layouts.items():
+        rows.append(f"| {layout} layout: pointing accuracy, full names | {_rate(*scores['pointing'])} |")
+        rows += [f"| {layout} layout: accuracy after SFT, {task} | {_rate(*c)} |" for task, c in scores["sft"].items()]
+    return rows
 
 
 if __name__ == "__main__":

@@ -121,12 +121,7 @@ def counts_by_task(results: List[Dict[str, str]]) -> Dict[str, Tuple[int, int]]:
 
 def accuracy_by_task(results: List[Dict[str, str]]) -> Dict[str, float]:
     """Accuracy per task and overall ("all"): `answer_correct` of each result."""
-    hits: Dict[str, List[bool]] = defaultdict(list)
-    for r in results:
-        ok = answer_correct(r["predicted"], r["answer"], r["task"])
-        hits[r["task"]].append(ok)
-        hits["all"].append(ok)
-    return {task: sum(v) / len(v) for task, v in sorted(hits.items())}
+    return {task: right / asked for task, (right, asked) in counts_by_task(results).items()}
 
 
 @torch.no_grad()

@@ -81,16 +81,15 @@ class PyAVReader(VideoReader):
         return container
 
     def frame_count(self, path):
+        """The frames `read` can index: its own count of the stream's packets (demuxed, not decoded),
+        never the header's claim, which a container may overstate."""
         import av
 
-        with self._open(path) as container:
-            stream = container.streams.video[0]
-            if stream.frames > 0:
-                return int(stream.frames)
-            try:
-                return sum(1 for _ in container.decode(stream))
-            except av.FFmpegError as err:
-                raise MediaError(f"{path}: PyAV cannot decode it ({_short(err)})") from err
+        try:
+            with self._open(path) as container:
+                return len(self._timestamps(container, container.streams.video[0])[0])
+        except av.FFmpegError as err:
+            raise MediaError(f"{path}: PyAV cannot read it ({_short(err)})") from err
 
     def fps(self, path):
         with self._open(path) as container:

@@ -153,10 +153,8 @@ class LLaVADataset(Dataset):
                 pixels = None
             else:
                 names = [record["image"]] if kind == "image" else list(record["images"])
-                items = [self._image(record, name, single_crop=kind == "multi") for name in names]
-                most = max(p.shape[0] for p, _, _ in items)
-                pixels = torch.stack([torch.cat([p, p.new_zeros(most - p.shape[0], *p.shape[1:])]) for p, _, _ in items])
-                sizes, crops = [s for _, s, _ in items], [c for _, _, c in items]
+                stacked = stack_images([self._image(record, name, single_crop=kind == "multi") for name in names])
+                pixels, sizes, crops = stacked["pixel_values"], stacked["image_sizes"], stacked["image_crops"]
         except MediaError as err:  # the reader names the file; the record's place is added here
             raise self.error(index, str(err), "media", field=kind if kind != "multi" else "images") from err
         media = (pixels, sizes, crops, repeated)

@@ -24,7 +24,7 @@ import torch
 from transformers import BatchFeature
 
 from ppllava.config import PPLLaVAConfig
-from ppllava.data.conversation import TEMPLATES, UnknownWords, encode_conversation
+from ppllava.data.conversation import TEMPLATES, check_known_words, encode_conversation
 from ppllava.data.media import MediaError, image_to_rgb, read_image
 from ppllava.data.video import SAMPLING, get_reader, sample_indices
 from ppllava.data.transforms import (MediaProcessor, MediaTokenError, ProcessedImage, check_rgb,  # noqa: F401
@@ -152,10 +152,7 @@ class PPLLaVAProcessor:
         bos = self.tokenizer.bos_token_id
         if add_special_tokens is None and bos is not None and ids[:1] != [bos]:
             ids = [bos, *ids]
-        unk = getattr(self.tokenizer, "unk_token_id", None)
-        if unk is not None and unk in ids:  # a word-level vocabulary would answer about <unk>
-            words = [w for w in text.split() if unk in self.tokenizer(w, add_special_tokens=False)["input_ids"]]
-            raise UnknownWords(f"words outside the tokenizer's vocabulary: {words or [text]}")
+        check_known_words(self.tokenizer, text, ids)
         return ids
 
     def _check_placeholder_ids(self, text: str, ids: Sequence[int], where: str) -> None:

@@ -36,6 +36,15 @@ class UnknownWords(ValueError):
     """Text the tokenizer can only encode as its unknown token: refused, never trained as <unk>."""
 
 
+def check_known_words(tokenizer, text: str, ids: Sequence[int], prefix: str = "") -> None:
+    """UnknownWords naming the words of `text` (encoded as `ids`) that the tokenizer only knows as
+    <unk>: a word-level vocabulary would silently train on, or answer about, <unk> in their place."""
+    unk = getattr(tokenizer, "unk_token_id", None)
+    if unk is not None and unk in ids:
+        words = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
+        raise UnknownWords(f"{prefix}words outside the tokenizer's vocabulary: {words or [text]}")
+
+
 def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: str = "vicuna_v1",
                         record_id: str = "?") -> Tuple[List[int], List[int]]:
     """Token ids and labels of a LLaVA conversation ([{"from": "human"|"gpt", "value": ...}, ...]).
@@ -53,15 +62,11 @@ def encode_conversation(turns: Sequence[Dict[str, str]], tokenizer, template: st
         raise ValueError(f"record {record_id}: the conversation has no answer (its last turn must be a non-empty 'gpt' turn)")
     ids, labels = [], []
 
-    unk = getattr(tokenizer, "unk_token_id", None)
-
     def add(text: str, learn: bool) -> None:
         if not text:
             return
         piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if unk is not None and unk in piece:  # a word-level vocabulary would train on <unk> in its place
-            words = [w for w in text.split() if unk in tokenizer(w, add_special_tokens=False)["input_ids"]]
-            raise UnknownWords(f"record {record_id}: words outside the tokenizer's vocabulary: {words or [text]}")
+        check_known_words(tokenizer, text, piece, f"record {record_id}: ")
         ids.extend(piece)
         labels.extend(piece if learn else [IGNORE] * len(piece))
 

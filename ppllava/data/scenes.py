@@ -10,7 +10,8 @@ objects anywhere, of any size in 6-16 px, overlapping in part.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, astuple, dataclass, field, replace
+from functools import lru_cache
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -227,6 +228,14 @@ def _free_object(rng: np.random.Generator, size: int, num_frames: int, name: Tup
     return SceneObject(name[1], name[0], radius, start, (dx * speed, dy * speed), appear, vanish)
 
 
+@lru_cache(maxsize=64)
+def _solo_pixels(size: int, num_frames: int, *fields) -> np.ndarray:
+    """(T,) pixels of one object (SceneObject's fields) drawn alone, per frame. Cached: placing a free
+    scene's next object asks again about every object already placed, on every try."""
+    _, alone = render(Scene(size, num_frames, [SceneObject(*fields)]))  # (T, 1, S, S): its pixels, uncovered
+    return alone[:, 0].sum((1, 2))
+
+
 def visible_shares(scene: Scene) -> np.ndarray:
     """(K,) the least share of its own pixels each object shows over the frames it is on (1 when
     nothing covers it). A scene where nothing moves is checked with every object on screen at once,
@@ -236,8 +245,7 @@ def visible_shares(scene: Scene) -> np.ndarray:
     _, seen = render(scene)  # (T, K, S, S)
     shares = np.ones(len(scene.objects))
     for k, obj in enumerate(scene.objects):
-        _, alone = render(Scene(scene.size, scene.num_frames, [obj]))  # (T, 1, S, S): its pixels, uncovered
-        whole, kept = alone[:, 0].sum((1, 2)), seen[:, k].sum((1, 2))
+        whole, kept = _solo_pixels(scene.size, scene.num_frames, *astuple(obj)), seen[:, k].sum((1, 2))
         on = whole > 0
         if on.any():
             shares[k] = float((kept[on] / whole[on]).min())

@@ -38,7 +38,7 @@ TIMING_METRICS = ("wall_seconds", "train/tokens_per_s")
 def build_model(cfg: TrainConfig) -> PPLLaVA:
     if cfg.init_from is not None:
         return load_pretrained(cfg.init_from, **cfg.model)
-    return PPLLaVA(PPLLaVAConfig.from_name(cfg.preset, **cfg.model))
+    return PPLLaVA(cfg.model_config())  # the preset with the `model` overrides
 
 
 def build_data(cfg: TrainConfig, config: PPLLaVAConfig, train_pairs: Optional[Path] = None):

@@ -3,7 +3,9 @@
 # Jupyter kernel. Idempotent: it reinstalls only when pyproject.toml (or the extras) changed.
 # Sourced by env/main.sh and env/test.sh; run it alone with `bash env/bootstrap.sh`.
 # PPLLAVA_VENV and PPLLAVA_EXTRAS choose another environment: env/eval.sh builds .venv-eval with
-# the `eval` extra this way.
+# the `eval` extra this way. PPLLAVA_BASE_VENV layers that environment on another one: the base's
+# site-packages come after its own on sys.path (a .pth file), so pip installs only what the base
+# lacks or pins differently (lmms-eval's av<16) and torch's ~5 GB is not copied a second time.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv="${PPLLAVA_VENV:-$root/.venv}"
@@ -15,8 +17,17 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "[bootstrap] creating $venv with $($python --version)"
   "$python" -m venv "$venv"
 fi
+base="${PPLLAVA_BASE_VENV:-}"
+base_stamp=/dev/null
+if [ -n "$base" ]; then
+  [ -x "$base/bin/python" ] || { echo "[bootstrap] base environment $base does not exist" >&2; exit 1; }
+  site() { "$1/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])'; }
+  echo "$(site "$base")" > "$(site "$venv")/_ppllava_base.pth"
+  base_stamp="$base/.ppllava-installed"
+fi
 stamp="$venv/.ppllava-installed"
-want="$(cat "$root/pyproject.toml" <(echo "$extras") | sha256sum | cut -d' ' -f1)"
+# A layered environment is reinstalled when its base was.
+want="$(cat "$root/pyproject.toml" <(echo "$extras") "$base_stamp" | sha256sum | cut -d' ' -f1)"
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "[bootstrap] installing ppllava[$extras] into $venv (first time: several minutes)"
   "$venv/bin/python" -m pip install --quiet --upgrade pip

@@ -282,3 +282,5 @@ def test_notebook_cli_refuses_before_it_writes(capsys, tmp_path):
                  match=r"--only: unknown notebooks \['00_operation'\]")
     (tmp_path / "file").write_text("")
     _usage_error(capsys, lambda: main(["--out", str(tmp_path / "file")]), match="--out .*file is a file")
+    _usage_error(capsys, lambda: main(["--smoke", "--readme-figures", "--out", str(out)]), absent=[out],
+                 match="--readme-figures with --smoke: smoke figures are not results")

@@ -1,6 +1,7 @@
 """Every tutorial notebook, executed through papermill in smoke mode, with its metrics checked; the rendered
 pages and the index a browser reads; every notebook valid under nbformat."""
 import json
+import os
 import re
 import warnings
 from html.parser import HTMLParser
@@ -8,9 +9,11 @@ from pathlib import Path
 
 import nbformat
 import pytest
+from PIL import Image
 
-from ppllava.run_notebooks import HEADLINES, NOTEBOOKS as NOTEBOOK_DIR, TickingEngine, execute, headline_metrics, \
-    notebook_paths, write_index
+from ppllava.run_notebooks import HEADLINES, NOTEBOOKS as NOTEBOOK_DIR, README_FIGURES, TickingEngine, \
+    copy_readme_figures, execute, headline_metrics, notebook_paths, write_index
+from ppllava.train.progress import PROGRESS_ENV
 
 NOTEBOOKS = notebook_paths()
 
@@ -208,7 +211,10 @@ FAILING = {
                    "fig, ax = plt.subplots(figsize=(2, 2)); ax.plot([0, 1])\n"
                    "fig.savefig(Path(out_dir) / 'line.png'); plt.show()"},
         {"cell_type": "code", "id": "slow", "metadata": {}, "execution_count": None, "outputs": [],
-         "source": "time.sleep(1.5)"},
+         # what a trainer in the kernel writes (ppllava.train.progress), to the file the main job named
+         "source": "import json, os\nPath(os.environ['PPLLAVA_PROGRESS_FILE']).write_text(json.dumps("
+                   "{'stage': 'sft2', 'step': 3, 'max_steps': 10, 'elapsed_s': 1.0, 'eta_s': 2.0}))\n"
+                   "time.sleep(1.5)"},
         {"cell_type": "code", "id": "fails", "metadata": {}, "execution_count": None, "outputs": [],
          "source": "raise ValueError('the check failed on purpose')"},
     ],
@@ -229,11 +235,84 @@ def test_a_failed_notebook_gets_its_page_its_error_in_the_index_and_a_bar_that_t
     assert "the check failed on purpose" in page  # papermill's partial notebook, traceback included
     assert [i["src"][:22] for i in Tags(page).find("img")] == ["data:image/png;base64,"]
     assert entry["figures"] == ["99_fails/line.png"]
-    # The bar, named after the notebook, is redrawn while the 1.5 s cell sleeps, not only when a cell ends.
+    # The bar, named after the notebook, is redrawn while the 1.5 s cell sleeps, not only when a cell ends,
+    # and shows the training progress the kernel wrote to the file named in its environment.
     frames = [f for f in re.split(r"[\r\n]", capsys.readouterr().err) if f.startswith("99_fails:")]
     counts = [int(m.group(1)) for m in map(re.compile(r"\| (\d+)/\d+ \[").search, frames) if m]
     assert counts and max(counts.count(n) for n in set(counts)) >= 5, frames
+    assert any(f.rstrip().endswith("training sft2 3/10 steps, ~2 s left]") for f in frames), frames
+    assert not (run_dir / ".progress.json").exists() and PROGRESS_ENV not in os.environ  # nothing left behind
 
     index = Tags(write_index(run_dir, [entry]).read_text())
     assert index.find("tr", id="99_fails")[0]["data-status"] == "failed"
     assert "ValueError: the check failed on purpose" in (run_dir / "index.html").read_text()
+
+
+# --- --readme-figures: docs/figures from a run -------------------------------------------------------------
+
+
+def test_every_readme_figure_is_saved_by_its_notebook():
+    for source in README_FIGURES.values():
+        notebook, name = source.split("/")
+        nb = nbformat.read(NOTEBOOK_DIR / f"{notebook}.ipynb", as_version=4)
+        assert any("savefig" in c.source and f'"{name}"' in c.source for c in nb.cells if c.cell_type == "code"), \
+            f"{notebook}.ipynb saves no {name}, which README_FIGURES copies into docs/figures"
+
+
+def fake_run(run_dir, sizes):
+    """A run directory holding README_FIGURES' sources as plain PNGs of the given (width, height)."""
+    for source, size in zip(README_FIGURES.values(), sizes):
+        (run_dir / source).parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", size, "white").save(run_dir / source)
+    return {source.split("/")[0]: "ok" for source in README_FIGURES.values()}
+
+
+def test_readme_figures_are_copied_downscaled_to_900_px(tmp_path):
+    statuses = fake_run(tmp_path / "run", [(1800, 600), (600, 400), (2000, 1001)])
+    copied = copy_readme_figures(tmp_path / "run", statuses, dest=tmp_path / "figures")
+    assert [p.name for p in copied] == list(README_FIGURES)
+    sizes = [Image.open(p).size for p in copied]
+    assert sizes == [(900, 300), (600, 400), (900, 450)]  # aspect kept; a narrow one is not enlarged
+
+
+def test_readme_figures_refuse_a_missing_figure_or_a_failed_notebook_and_copy_nothing(tmp_path):
+    run_dir, dest = tmp_path / "run", tmp_path / "figures"
+    statuses = fake_run(run_dir, [(100, 50)] * len(README_FIGURES))
+    (run_dir / "03_pooling_ablations" / "modes.png").unlink()
+    with pytest.raises(ValueError, match=r"03_pooling_ablations did not save 03_pooling_ablations/modes.png"):
+        copy_readme_figures(run_dir, statuses, dest=dest)
+    assert not dest.exists()
+
+    fake_run(run_dir, [(100, 50)] * len(README_FIGURES))
+    with pytest.raises(ValueError, match=r"07_long_video failed, so 07_long_video/needle_curve.png is not a result"):
+        copy_readme_figures(run_dir, {**statuses, "07_long_video": "failed"}, dest=dest)
+    with pytest.raises(ValueError, match=r"02_alignment did not run"):
+        copy_readme_figures(run_dir, {k: v for k, v in statuses.items() if k != "02_alignment"}, dest=dest)
+    assert not dest.exists()
+
+
+def test_main_with_readme_figures_copies_them_only_when_their_notebooks_ran_ok(tmp_path, monkeypatch, capsys):
+    import ppllava.run_notebooks as run_notebooks
+
+    failed = set()
+
+    def fake_execute(notebook, run_dir, smoke, artifacts=None):  # the figures a real run would save
+        if notebook.stem not in failed:
+            for source in README_FIGURES.values():
+                if source.startswith(notebook.stem + "/"):
+                    (run_dir / source).parent.mkdir(parents=True, exist_ok=True)
+                    Image.new("RGB", (1200, 600), "white").save(run_dir / source)
+        return {"name": notebook.stem, "notebook": f"{notebook.stem}.ipynb", "page": None, "seconds": 0.1,
+                "status": "failed" if notebook.stem in failed else "ok",
+                "error": "ValueError: on purpose" if notebook.stem in failed else None, "metrics": None, "figures": []}
+
+    monkeypatch.setattr(run_notebooks, "execute", fake_execute)
+    monkeypatch.setattr(run_notebooks, "FIGURES", tmp_path / "figures")
+    only = ["--only", *sorted({s.split("/")[0] for s in README_FIGURES.values()})]
+    assert run_notebooks.main([*only, "--readme-figures", "--out", str(tmp_path / "run")]) == 0
+    assert sorted(p.name for p in (tmp_path / "figures").iterdir()) == sorted(README_FIGURES)
+    assert Image.open(tmp_path / "figures" / "pooling_modes.png").size == (900, 450)
+
+    failed.add("07_long_video")
+    assert run_notebooks.main([*only, "--readme-figures", "--out", str(tmp_path / "again")]) == 1
+    assert "README figures not updated" in capsys.readouterr().err

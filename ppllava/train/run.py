@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Union
@@ -29,6 +30,7 @@ from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.modules import MODULES, add_lora
 from ppllava.train.on_policy import on_policy_pairs
+from ppllava.train.progress import PROGRESS_ENV, ProgressFile
 from ppllava.validation import parse_overrides
 
 
@@ -73,6 +75,15 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Ca
     # Batches hold one media type, so some parameters sit out a step (image_newline in a video
     # batch): DDP must be told, or it waits forever for their gradients.
     strategy = "ddp_find_unused_parameters_true" if cfg.strategy == "ddp" else cfg.strategy
+    progress_file = os.environ.get(PROGRESS_ENV)
+    if progress_file:
+        # Run by the main job: its cell bar shows this file, and Lightning's bar would only flood the
+        # executed notebook's output.
+        progress = [ProgressFile(progress_file, run_dir.name)]
+    else:
+        # A bar redrawn every 20 steps, not Rich's live display: in a notebook kernel each redraw is an
+        # IOPub message, and a 20-minute training cell's backlog outlived nbclient's IOPub timeout.
+        progress = [TQDMProgressBar(refresh_rate=20)]
     return L.Trainer(
         accelerator=cfg.accelerator, devices=cfg.devices, strategy=strategy, precision=precision,
         max_steps=cfg.max_steps, max_epochs=-1 if cfg.max_steps > 0 else cfg.max_epochs,  # max_steps, when set, rules
@@ -82,10 +93,9 @@ def build_trainer(cfg: TrainConfig, run_dir: Path, callbacks: Optional[List[L.Ca
         # Each run, and each resume, logs to its own logs/version_N: a resume never overwrites the earlier logs.
         logger=CSVLogger(run_dir, name="logs"), deterministic=not on_gpu,
         use_distributed_sampler=False,  # the media batch sampler shards itself across processes
-        # A bar redrawn every 20 steps, not Rich's live display: in a notebook kernel each redraw is an
-        # IOPub message, and a 20-minute training cell's backlog outlived nbclient's IOPub timeout.
+        enable_progress_bar=not progress_file,
         callbacks=[ModelCheckpoint(dirpath=run_dir / "checkpoints", save_last=True, save_top_k=0), SkipReport(),
-                   TQDMProgressBar(refresh_rate=20), *(callbacks or [])],
+                   *progress, *(callbacks or [])],
     )
 
 

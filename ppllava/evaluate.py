@@ -158,23 +158,32 @@ def caption_recall(results: List[Dict[str, str]]) -> Dict[str, float]:
             "caption_clauses": sum(len(said) for said, _ in captions) / len(captions)}
 
 
+POINTING_RULES = {"patches": "masks", "object": "object_masks"}
+
+
 @torch.no_grad()
-def batch_pointing(model, batch) -> torch.Tensor:
-    """Pointing accuracy on one CLIP-pairs batch: is the most relevant patch on the named object?"""
+def batch_pointing(model, batch, rule: str = "patches") -> torch.Tensor:
+    """Pointing accuracy on one CLIP-pairs batch: is the most relevant patch on the named object?
+
+    rule "patches": a patch that holds the object (covered at least half as much as its best patch,
+    `object_patches`); "object": a patch that shows the object more than any other object
+    (`shown_patches`: the map points at this object, not at another, an edge patch included)."""
+    if rule not in POINTING_RULES:
+        raise ValueError(f"pointing rule must be one of {sorted(POINTING_RULES)}, got {rule!r}")
     g = model.patch_grid
     patches = model._patch_embeds(model._patch_features(batch["pixel_values"]))
     r, _ = prompt_relevance(patches.view(len(patches), 1, g, g, -1), model.encode_prompts(batch["clip_input_ids"]),
                             model.logit_scale)
-    return pointing_accuracy(r[:, 0], batch["masks"])
+    return pointing_accuracy(r[:, 0], batch[POINTING_RULES[rule]])
 
 
 @torch.no_grad()
-def pointing(model, loader) -> float:
-    """Pointing accuracy over a whole CLIP-pairs loader."""
+def pointing(model, loader, rule: str = "patches") -> float:
+    """Pointing accuracy over a whole CLIP-pairs loader, by `rule` (see batch_pointing)."""
     model.eval()
     hits, total = 0.0, 0
     for batch in loader:
-        hits += float(batch_pointing(model, batch)) * len(batch["names"])
+        hits += float(batch_pointing(model, batch, rule)) * len(batch["names"])
         total += len(batch["names"])
     return hits / total
 

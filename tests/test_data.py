@@ -275,6 +275,11 @@ def test_datamodules(world, tokenizer):
     batch = next(iter(clip.train_dataloader()))
     assert batch["positives"].diagonal().all() and batch["masks"].shape == (4, 4, 4)
     assert all(m.any() for m in batch["masks"])
+    # Object pointing's hits: the patches showing the named object more than any other (ppllava.data.oracle.shown_patches).
+    assert batch["object_masks"].shape == (4, 4, 4) and all(m.any() for m in batch["object_masks"])
+    from ppllava.evaluate import batch_pointing
+    with pytest.raises(ValueError, match=r"pointing rule must be one of \['object', 'patches'\], got 'centre'"):
+        batch_pointing(None, batch, "centre")
 
 
 def test_skip_report_counts_per_epoch(capsys):

@@ -3,7 +3,7 @@ patches that hold the object (pointing's hits), and the oracle relevance map."""
 import pytest
 import torch
 
-from ppllava.data.oracle import object_coverage, object_patches, oracle_relevance
+from ppllava.data.oracle import object_coverage, object_patches, oracle_relevance, shown_patches
 from ppllava.data.scenes import Scene, SceneObject, boxes, render
 
 
@@ -80,3 +80,32 @@ def test_coverage_of_an_occluded_object_leaves_out_its_occluder():
     assert alone[0, 0, 32:48, 32:48].sum() > 0 and float(coverage[2, 2]) == 0
     relevance = oracle_relevance(record_of(scene, 0), 1, 64, 16)[0]
     assert int(relevance.argmax()) in object_patches(coverage).flatten().nonzero().flatten().tolist()
+
+
+def test_shown_patches_count_a_star_tip_and_give_a_shared_patch_to_the_larger_share():
+    # A star across many 8 px patches, a blue square beside it sharing one column of patches, an
+    # empty corner: shown_patches keeps the star's thin tips (object_patches does not) and gives each
+    # shared patch to whichever object covers more of it.
+    scene = Scene(64, 1, [SceneObject("star", "red", 16.0, (24.0, 24.0), (0.0, 0.0), 0, 1),
+                          SceneObject("square", "blue", 8.0, (44.0, 24.0), (0.0, 0.0), 0, 1)])
+    star, square = record_of(scene, 0), record_of(scene, 1)
+    shown_star, shown_square = shown_patches(star, [0], 64, 8)[0], shown_patches(square, [0], 64, 8)[0]
+    coverage_star, coverage_square = object_coverage(star, [0], 64, 8)[0], object_coverage(square, [0], 64, 8)[0]
+    held = object_patches(coverage_star)
+    lost = held & ~shown_star  # a patch the star holds is shown as the star unless the square covers more
+    assert (coverage_square[lost] > coverage_star[lost]).all()
+    tips = shown_star & ~held
+    assert tips.any() and (coverage_star[tips] < 0.5 * coverage_star.max()).all()
+    assert not (shown_star & shown_square).any()  # no patch is both objects'
+    both = (coverage_star > 0) & (coverage_square > 0)
+    assert both.any()
+    assert torch.equal(shown_square[both], coverage_square[both] >= coverage_star[both])
+    assert not shown_star[coverage_star == 0].any()  # background alone is no object's
+
+
+def test_shown_patches_of_an_unseen_object_are_none_and_bad_frames_are_named():
+    scene = triangle_scene(frames=3, appear=1, vanish=2)
+    shown = shown_patches(record_of(scene), [0, 1, 2], 64, 16)
+    assert shown[0].sum() == 0 and shown[1].sum() > 0 and shown[2].sum() == 0
+    with pytest.raises(ValueError, match=r"record r0: frames \[5\] outside its 3-frame scene"):
+        shown_patches(record_of(scene), [5], 64, 16)

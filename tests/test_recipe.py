@@ -43,6 +43,7 @@ def test_recipe_runs_every_stage_and_scores_them(smoke_run):
     for layout, scores in saved["layouts"].items():
         assert (out / "world" / f"test_{layout}.json").exists() and scores["sft"]["all"][1] == 16
         assert 0 <= scores["pointing"][0] <= scores["pointing"][1]
+        assert scores["pointing_object"][1] == scores["pointing"][1] and 0 <= scores["pointing_object"][0]
     assert "| free layout: accuracy after SFT, all |" in (out / "results.md").read_text()
 
 

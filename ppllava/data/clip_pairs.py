@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ppllava.data.conversation import clip_prompt_text
 from ppllava.data.dataset import read_records
-from ppllava.data.oracle import object_coverage, object_patches
+from ppllava.data.oracle import object_coverage, object_patches, shown_patches
 from ppllava.data.scenes import COLOURS, SHAPES
 from ppllava.data.video import MediaError, get_reader, read_image
 
@@ -19,7 +19,9 @@ from ppllava.data.video import MediaError, get_reader, read_image
 class ClipPairDataset(Dataset):
     """One (frame, "a {colour} {shape}") pair per record that names a target: the image itself, or
     the first video frame where the target is visible; its mask marks the patches that hold the
-    object's pixels (`ppllava.data.oracle.object_patches`), what pointing accuracy counts as a hit."""
+    object's pixels (`ppllava.data.oracle.object_patches`), what pointing accuracy counts as a hit,
+    and its object mask the patches that show it more than any other object
+    (`ppllava.data.oracle.shown_patches`), what object-level pointing counts."""
 
     def __init__(self, annotations: Union[str, Path], image_size: int, patch_size: int, *, reader: str = "decord"):
         from transformers import CLIPImageProcessor
@@ -62,7 +64,8 @@ class ClipPairDataset(Dataset):
         pixel_values = pixel_values["pixel_values"][0]
         return {"pixel_values": pixel_values, "text": f"a {name}",
                 "name": name, "objects": list(record["objects"]), "question": clip_prompt_text(record["conversations"]),
-                "mask": object_patches(object_coverage(record, [frame], self.image_size, self.patch_size))[0]}
+                "mask": object_patches(object_coverage(record, [frame], self.image_size, self.patch_size))[0],
+                "object_mask": shown_patches(record, [frame], self.image_size, self.patch_size)[0]}
 
 
 # Earlier dialogue that names no object: what sits before the question in a long CLIP prompt
@@ -149,5 +152,6 @@ class ClipPairCollator:
         positives = torch.tensor([[any(match(o) for o in item["objects"]) for match in matches] for item in items])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
                 "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context),
-                "masks": torch.stack([i["mask"] for i in items]), "positives": positives,
+                "masks": torch.stack([i["mask"] for i in items]),
+                "object_masks": torch.stack([i["object_mask"] for i in items]), "positives": positives,
                 "names": [i["name"] for i in items]}

@@ -24,10 +24,8 @@ from ppllava.data.video import sample_indices
 HOLDS_SHARE = 0.5
 
 
-def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
-    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
-    cover, at the record's frames `frames` (zero where it is unseen). g = image_size // patch_size;
-    the world's frames are square, so the share does not depend on the resize to `image_size`."""
+def _target_index(record: dict):
+    """(scene, k): the record's scene and the index of its asked-about object, or a ValueError naming the record."""
     target, data = record.get("target"), record.get("scene")
     if not target:
         raise ValueError(f"record {record.get('id')}: names no object (no 'target'), so it has no object coverage")
@@ -39,10 +37,22 @@ def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_
     key = (target["colour"], target["shape"])
     if key not in names:
         raise ValueError(f"record {record.get('id')}: target {key} is not among its scene's objects {names}")
+    return scene, names.index(key)
+
+
+def _check_frames(record: dict, scene: Scene, frames: Sequence[int]) -> None:
     bad = [t for t in frames if not 0 <= t < scene.num_frames]
     if bad:
         raise ValueError(f"record {record.get('id')}: frames {bad} outside its {scene.num_frames}-frame scene")
-    k, g = names.index(key), image_size // patch_size
+
+
+def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
+    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
+    cover, at the record's frames `frames` (zero where it is unseen). g = image_size // patch_size;
+    the world's frames are square, so the share does not depend on the resize to `image_size`."""
+    scene, k = _target_index(record)
+    _check_frames(record, scene, frames)
+    g = image_size // patch_size
     coverage = torch.zeros(len(frames), g, g)
     # Only frames where the object is on screen are drawn: a needle is in 1-2 of 256.
     seen = [i for i, t in enumerate(frames) if scene.objects[k].visible(t)]
@@ -51,6 +61,22 @@ def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_
         pixels = torch.from_numpy(masks[:, k]).float()
         coverage[seen] = F.adaptive_avg_pool2d(pixels[:, None], g)[:, 0]
     return coverage
+
+
+def shown_patches(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
+    """(T, g, g) bool: the patches that show the asked-about object more than any other object,
+    i.e. it covers some of the patch and no other object covers more (background is no object).
+
+    The object-level reading of pointing: a map whose top patch lies here points at the asked-about
+    object and not at another. It counts the tip of a star, a patch the star covers a third of, as
+    the star, where `object_patches` (at least half the coverage of the best patch) does not."""
+    scene, k = _target_index(record)
+    _check_frames(record, scene, frames)
+    _, masks = render(scene, list(frames))  # (T, K, S, S) bool, only what each object shows
+    g = image_size // patch_size
+    every = F.adaptive_avg_pool2d(torch.from_numpy(masks).float(), g)  # (T, K, g, g)
+    target = every[:, k]
+    return (target > 0) & (target >= every.amax(1))
 
 
 def object_patches(coverage: torch.Tensor) -> torch.Tensor:

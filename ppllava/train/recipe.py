@@ -178,10 +178,12 @@ class Recipe:
         # One set of test pairs for every pointing score: both towers share the preset's frame and
         # patch size, and the dataset keeps what it decoded.
         pairs = ClipPairDataset(world / "test.json", clip.config.image_size, clip.config.patch_size)
+        results["pointing_object"] = {}
         for name in ("clip", "clip_global"):
             model = self.model(name)
             loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.text_context_length))
             results["pointing"][name] = pointing(model, loader)
+            results["pointing_object"][name] = pointing(model, loader, "object")
         # The fine-grained CLIP by how the prompt names the object; "question": the record's own
         # question where it names the object alone ("what colour is the star ?"), the CLIP prompt of SFT.
         collators = {**{form: ClipPairCollator(clip.config.text_context_length, form=form) for form in ClipPairCollator.FORMS},
@@ -218,8 +220,9 @@ class Recipe:
         path = self.layout_split(layout)
         pairs = ClipPairDataset(path, clip.config.image_size, clip.config.patch_size)
         loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(clip.config.text_context_length))
-        pointed = pointing(clip, loader)
+        pointed, on_object = pointing(clip, loader), pointing(clip, loader, "object")
         return {"pointing": [round(pointed * len(pairs)), len(pairs)],
+                "pointing_object": [round(on_object * len(pairs)), len(pairs)],
                 "sft": {task: list(c) for task, c in counts_by_task(
                     generate_answers(sft, LLaVADataset(path, sft.config, tokenizer))).items()}}
 
@@ -265,6 +268,8 @@ def table(r: Dict[str, object]) -> str:
         *(f"| wall time, {k} | {v:.0f} s |" for k, v in s.items()),
         f"| pointing accuracy, fine-grained CLIP | {r['pointing']['clip']:.3f} |",
         f"| pointing accuracy, global CLIP (ablation) | {r['pointing']['clip_global']:.3f} |",
+        *(f"| object pointing (top patch shows the named object more than any other), {k} | {v:.3f} |"
+          for k, v in r.get("pointing_object", {}).items()),
         *(f"| pointing accuracy, fine-grained CLIP, prompt form: {k} | {v:.3f} |"
           for k, v in r.get("pointing_by_prompt", {}).items()),
         *(f"| held-out accuracy after SFT, {k} | {v:.3f} |" for k, v in acc.items()),
@@ -293,6 +298,8 @@ def _layout_rows(layouts: Dict[str, Dict[str, object]]) -> list:
     rows = []
     for layout, scores in layouts.items():
         rows.append(f"| {layout} layout: pointing accuracy, full names | {_rate(*scores['pointing'])} |")
+        if "pointing_object" in scores:  # runs from before object pointing have none
+            rows.append(f"| {layout} layout: object pointing, full names | {_rate(*scores['pointing_object'])} |")
         rows += [f"| {layout} layout: accuracy after SFT, {task} | {_rate(*c)} |" for task, c in scores["sft"].items()]
     return rows
 

@@ -128,3 +128,19 @@ def test_two_runs_of_one_config_and_seed_are_bit_identical(smoke_run, tmp_path):
     assert compared > 100 and all((again / s / "model" / "model.safetensors").exists() for s in ("clip", "sft2", "dpo"))
     drop = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
     assert drop(second) == drop(results)
+
+
+def test_a_run_from_before_diagnostic_stays_readable_but_its_split_size_is_checked(smoke_run, tmp_path):
+    import shutil
+
+    out, _ = smoke_run
+    old = tmp_path / "old"
+    shutil.copytree(out, old)
+    marker = json.loads((old / "recipe.json").read_text())
+    del marker["diagnostic"]  # as the recipe wrote it before diagnostic splits had a size of their own
+    (old / "recipe.json").write_text(json.dumps(marker))
+    recipe = Recipe(old, smoke=True)
+    assert recipe.layout_split("free") == old / "world" / "test_free.json"  # 16 records, as asked
+    recipe.diagnostic = 20
+    with pytest.raises(ValueError, match=r"test_free.json holds 16 records, not the 20 asked for"):
+        recipe.layout_split("free")

@@ -66,11 +66,14 @@ class Recipe:
     task_weights: Dict[str, float] = field(default_factory=lambda: dict(TASK_WEIGHTS))
     dpo_videos: Dict[str, int] = field(default_factory=lambda: dict(DPO_VIDEOS))
     layout: str = "quadrants"  # the world the stages train on (WorldSpec.layout); every layout is also tested
+    # Records in each layout's diagnostic split: 1,000 hold about 30 temporal-order, 50 direction and 60-210
+    # questions of each other task (300 held 4-69, too few to compare layouts task by task; issue #14).
+    diagnostic: int = 1000
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         if self.smoke:
-            self.train, self.eval = 48, 16
+            self.train, self.eval, self.diagnostic = 48, 16, 16
             self.dpo_videos = {"train": 16, "val": 8, "test": 8}
         self.seconds: Dict[str, float] = {}
 
@@ -80,9 +83,12 @@ class Recipe:
         world = self.out / "world"
         marker = self.out / "recipe.json"
         wanted = {"preset": self.preset, "smoke": self.smoke, "train": self.train, "eval": self.eval,
-                  "task_weights": self.task_weights, "dpo_videos": self.dpo_videos, "layout": self.layout}
+                  "task_weights": self.task_weights, "dpo_videos": self.dpo_videos, "layout": self.layout,
+                  "diagnostic": self.diagnostic}
         if marker.exists():
-            found = {"layout": "quadrants", **json.loads(marker.read_text())}  # runs from before layouts
+            # Runs from before layouts trained on quadrants; runs from before `diagnostic` stay readable
+            # (layout_split checks the size of a split they wrote).
+            found = {"layout": "quadrants", "diagnostic": self.diagnostic, **json.loads(marker.read_text())}
             if found != wanted:
                 raise ValueError(f"{marker} holds a recipe run with {found}, not {wanted}: "
                                  "use another --out (or delete it) instead of mixing the two")
@@ -205,13 +211,17 @@ class Recipe:
 
 
     def layout_split(self, layout: str) -> Path:
-        """world/test_<layout>.json, `eval` held-out records of `layout`'s world whatever the stages
+        """world/test_<layout>.json, `diagnostic` held-out records of `layout`'s world whatever the stages
         trained on, written on first use from seeds no other split draws (so adding it to an older run
         directory changes nothing that was trained)."""
         path = self.world / f"test_{layout}.json"
         if not path.exists():
             WorldWriter(self.world, WorldSpec(task_weights=self.task_weights, layout=self.layout)).write_diagnostic_split(
-                layout, self.eval, progress=False)
+                layout, self.diagnostic, progress=False)
+        written = len(json.loads(path.read_text()))
+        if written != self.diagnostic:
+            raise ValueError(f"{path} holds {written} records, not the {self.diagnostic} asked for (Recipe.diagnostic): "
+                             f"pass diagnostic={written}, or delete the file to write it again")
         return path
 
     def layout_scores(self, layout: str, clip: PPLLaVA, sft: PPLLaVA, tokenizer) -> Dict[str, object]:
@@ -230,7 +240,8 @@ class Recipe:
 def _training_fields(cfg: TrainConfig) -> Dict[str, object]:
     """What decides the trained weights: not the paths that move with the run directory (the world
     itself is pinned by recipe.json), nor how media are loaded."""
-    return {k: v for k, v in cfg.__dict__.items() if k not in ("run_dir", "data", "init_from", "num_workers", "media_cache_mb")}
+    return {k: v for k, v in cfg.__dict__.items() if k not in ("run_dir", "data", "init_from", "num_workers", "media_cache_mb",
+                                                          "vision_cache_mb")}
 
 
 def main(argv=None) -> Dict[str, object]:
@@ -239,6 +250,8 @@ def main(argv=None) -> Dict[str, object]:
     parser.add_argument("--preset", default="tiny")
     parser.add_argument("--train", type=count_type(1), default=7500)
     parser.add_argument("--eval", type=count_type(1), default=300)
+    parser.add_argument("--diagnostic", type=count_type(1), default=1000,
+                        help="records in each layout's held-out diagnostic split (test_<layout>.json)")
     parser.add_argument("--smoke", action="store_true")
     parser.add_argument("--layout", choices=LAYOUTS, default="quadrants",
                         help="the world the stages train on; the scores cover every layout's held-out split")
@@ -253,7 +266,8 @@ def main(argv=None) -> Dict[str, object]:
             TrainConfig.from_yaml(path)
         except ValueError as err:
             parser.error(str(err))
-    recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval, layout=args.layout)
+    recipe = Recipe(args.out, preset=args.preset, smoke=args.smoke, train=args.train, eval=args.eval, layout=args.layout,
+                    diagnostic=args.diagnostic)
     results = recipe.results()
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
     (args.out / "results.md").write_text(table(results))

@@ -137,10 +137,19 @@ class PPLLaVA(nn.Module):
         return self.text_projection(self.clip_text(input_ids=clip_input_ids[:, :length]).pooler_output)
 
     def _patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv)."""
+        """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv); read from
+        `feature_cache` (set by the stages that train with the tower frozen) for frames it has seen."""
         if not torch.isfinite(pixels).all():
             raise ValueError("pixel values contain NaN or Inf")
         pixels = pixels.to(self.vision_tower.dtype)
+        cache = getattr(self, "feature_cache", None)
+        if cache is None:
+            return self._tower_features(pixels)
+        if any(p.requires_grad for p in self.vision_tower.parameters()):
+            raise ValueError("feature_cache is set but the vision tower is trainable: cached features would be stale")
+        return cache.features(pixels, self._tower_features)
+
+    def _tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
         hidden = self.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
         return hidden[self.config.vision_feature_layer][:, 1:]
 

@@ -47,6 +47,9 @@ class TrainConfig:
     precision: str = "auto"  # auto: 32-true on CPU, bf16-mixed on GPU
     num_workers: int = 0
     media_cache_mb: float = 0  # decoded media kept in memory after the first epoch (per loading process)
+    # sft1, sft2, dpo: the frozen vision tower's features of frames already seen (ppllava.model.feature_cache);
+    # the same weights come out, faster
+    vision_cache_mb: float = 0
 
     # --- stage switches -------------------------------------------------------------------
     mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.5, "image": 0.3, "multi": 0.2})
@@ -82,9 +85,13 @@ class TrainConfig:
         for name in ("batch_size", "max_epochs", "accumulate_grad_batches", "val_every_n_epochs"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainConfig.{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("num_workers", "lora_rank", "weight_decay", "gradient_clip_val", "media_cache_mb", "alpha", "gamma"):
+        for name in ("num_workers", "lora_rank", "weight_decay", "gradient_clip_val", "media_cache_mb", "vision_cache_mb",
+                     "alpha", "gamma"):
             if not getattr(self, name) >= 0:
                 raise ValueError(f"TrainConfig.{name} must be >= 0, got {getattr(self, name)}")
+        if self.stage == "clip" and self.vision_cache_mb > 0:
+            raise ValueError(f"TrainConfig.vision_cache_mb = {self.vision_cache_mb} caches a frozen vision tower, but the "
+                             "clip stage trains it: set it to 0 for clip")
         if self.max_steps != -1 and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be -1 (run max_epochs) or >= 1, got {self.max_steps}")
         for name in ("lr", "beta"):

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import copy
 import time
-from typing import Dict
+from typing import Dict, List
 
 import lightning as L
 import torch
@@ -12,6 +12,7 @@ from transformers import get_cosine_schedule_with_warmup
 from ppllava.data.dataset import model_inputs
 from ppllava.evaluate import batch_pointing
 from ppllava.model import PPLLaVA
+from ppllava.model.feature_cache import FrozenFeatureCache
 from ppllava.train.config import TrainConfig
 from ppllava.train.losses import (
     contrastive_loss,
@@ -77,6 +78,24 @@ class _Stage(L.LightningModule):
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_config.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}
 
+    def towers(self) -> List[PPLLaVA]:
+        """The models whose frozen vision towers share one feature cache (all hold the same tower weights)."""
+        return [self.model]
+
+    def on_fit_start(self) -> None:
+        if self.train_config.vision_cache_mb > 0:
+            cache = FrozenFeatureCache(self.train_config.vision_cache_mb)
+            for model in self.towers():
+                model.feature_cache = cache
+
+    def on_fit_end(self) -> None:
+        cache = getattr(self.model, "feature_cache", None)
+        if cache is not None:
+            print(f"[ppllava] vision feature cache: {cache.hits} frames read, {cache.misses} computed, "
+                  f"{cache.bytes / 2 ** 20:.0f} MiB", flush=True)
+        for model in self.towers():
+            model.feature_cache = None
+
     def training_step(self, batch, batch_idx):
         return self._step(batch, "train")
 
@@ -134,6 +153,10 @@ class DPOModule(_Stage):
     def __init__(self, model: PPLLaVA, train: TrainConfig):
         super().__init__(model, train)
         self.reference = None if train.lora_rank > 0 else copy.deepcopy(model).requires_grad_(False).eval()
+
+    def towers(self) -> List[PPLLaVA]:
+        # The reference is a copy of the policy, whose tower DPO never trains: one cache serves both.
+        return [self.model] + ([self.reference] if self.reference is not None else [])
 
     def _logps(self, model, batch) -> Dict[str, torch.Tensor]:
         out = model(**model_inputs(batch))

@@ -176,7 +176,8 @@ def test_partial_names_make_positives_of_every_image_holding_such_a_thing():
     assert [described("a star")[1](o) for o in names] == [True, True, False]
     assert [described("a red object")[1](o) for o in names] == [True, False, True]
     assert ClipPairCollator(77)._describe("red star")[0] == "a red star"  # partial=0: always the full name
-    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool), "text": f"a {n}",
+    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool),
+              "object_mask": torch.zeros(2, 2, dtype=torch.bool), "text": f"a {n}",
               "name": n, "objects": objects}
              for n, objects in (("red star", ["red star", "blue circle"]), ("blue star", ["blue star"]),
                                 ("red circle", ["red circle", "green square"]))]
@@ -201,7 +202,8 @@ def test_questions_as_clip_prompts_make_positives_of_what_they_ask_about():
     # A question naming another object too (or none) falls back to the object's name.
     assert collate._describe("red star", "which appears first , the red star or the blue circle ?")[0] == "a red star"
     assert collate._describe("red star", "how many objects are there ?")[0] == "a red star"
-    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool), "name": n,
+    items = [{"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool),
+              "object_mask": torch.zeros(2, 2, dtype=torch.bool), "name": n,
               "objects": objects, "question": q}
              for n, objects, q in (("red star", ["red star"], "what colour is the star ?"),
                                    ("blue star", ["blue star", "red circle"], "what shape is the blue object ?"),

@@ -11,7 +11,7 @@ from torch.utils.data import Dataset
 
 from ppllava.data.conversation import clip_prompt_text
 from ppllava.data.dataset import read_records
-from ppllava.data.oracle import object_coverage, object_patches, shown_patches
+from ppllava.data.oracle import object_patches, scene_coverage, shows_most
 from ppllava.data.scenes import COLOURS, SHAPES
 from ppllava.data.video import MediaError, get_reader, read_image
 
@@ -62,10 +62,10 @@ class ClipPairDataset(Dataset):
         # channels_last: a frame 1, 3 or 4 pixels tall would otherwise be taken as channels-first
         pixel_values = self.processor([pixels], return_tensors="pt", input_data_format="channels_last")
         pixel_values = pixel_values["pixel_values"][0]
+        coverage, k = scene_coverage(record, [frame], self.image_size, self.patch_size)  # one drawing for both masks
         return {"pixel_values": pixel_values, "text": f"a {name}",
                 "name": name, "objects": list(record["objects"]), "question": clip_prompt_text(record["conversations"]),
-                "mask": object_patches(object_coverage(record, [frame], self.image_size, self.patch_size))[0],
-                "object_mask": shown_patches(record, [frame], self.image_size, self.patch_size)[0]}
+                "mask": object_patches(coverage[:, k])[0], "object_mask": shows_most(coverage, k)[0]}
 
 
 # Earlier dialogue that names no object: what sits before the question in a long CLIP prompt

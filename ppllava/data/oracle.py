@@ -11,7 +11,7 @@ left out the row of patches holding most of the triangle (56 % of its pixels).
 """
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -46,21 +46,27 @@ def _check_frames(record: dict, scene: Scene, frames: Sequence[int]) -> None:
         raise ValueError(f"record {record.get('id')}: frames {bad} outside its {scene.num_frames}-frame scene")
 
 
-def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
-    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
-    cover, at the record's frames `frames` (zero where it is unseen). g = image_size // patch_size;
-    the world's frames are square, so the share does not depend on the resize to `image_size`."""
+def scene_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> Tuple[torch.Tensor, int]:
+    """((T, K, g, g) float32 in [0, 1], k): the share of each patch every object's visible pixels cover
+    at the record's frames `frames`, and the index k of the asked-about object. Frames where that
+    object is unseen are not drawn (a needle is in 1-2 of 256) and stay zero. g = image_size //
+    patch_size; the world's frames are square, so the share does not depend on the resize."""
     scene, k = _target_index(record)
     _check_frames(record, scene, frames)
     g = image_size // patch_size
-    coverage = torch.zeros(len(frames), g, g)
-    # Only frames where the object is on screen are drawn: a needle is in 1-2 of 256.
+    coverage = torch.zeros(len(frames), len(scene.objects), g, g)
     seen = [i for i, t in enumerate(frames) if scene.objects[k].visible(t)]
     if seen:
-        _, masks = render(scene, [frames[i] for i in seen])  # (T', K, S, S) bool
-        pixels = torch.from_numpy(masks[:, k]).float()
-        coverage[seen] = F.adaptive_avg_pool2d(pixels[:, None], g)[:, 0]
-    return coverage
+        _, masks = render(scene, [frames[i] for i in seen])  # (T', K, S, S) bool, only what each object shows
+        coverage[seen] = F.adaptive_avg_pool2d(torch.from_numpy(masks).float(), g)
+    return coverage, k
+
+
+def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
+    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
+    cover, at the record's frames `frames` (zero where it is unseen); see scene_coverage."""
+    coverage, k = scene_coverage(record, frames, image_size, patch_size)
+    return coverage[:, k]
 
 
 def shown_patches(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
@@ -70,13 +76,13 @@ def shown_patches(record: dict, frames: Sequence[int], image_size: int, patch_si
     The object-level reading of pointing: a map whose top patch lies here points at the asked-about
     object and not at another. It counts the tip of a star, a patch the star covers a third of, as
     the star, where `object_patches` (at least half the coverage of the best patch) does not."""
-    scene, k = _target_index(record)
-    _check_frames(record, scene, frames)
-    _, masks = render(scene, list(frames))  # (T, K, S, S) bool, only what each object shows
-    g = image_size // patch_size
-    every = F.adaptive_avg_pool2d(torch.from_numpy(masks).float(), g)  # (T, K, g, g)
-    target = every[:, k]
-    return (target > 0) & (target >= every.amax(1))
+    return shows_most(*scene_coverage(record, frames, image_size, patch_size))
+
+
+def shows_most(coverage: torch.Tensor, k: int) -> torch.Tensor:
+    """(T, K, g, g) coverage of every object, k -> (T, g, g) bool: shown_patches from scene_coverage."""
+    target = coverage[:, k]
+    return (target > 0) & (target >= coverage.amax(1))
 
 
 def object_patches(coverage: torch.Tensor) -> torch.Tensor:

@@ -168,24 +168,38 @@ def batch_pointing(model, batch, rule: str = "patches") -> torch.Tensor:
     rule "patches": a patch that holds the object (covered at least half as much as its best patch,
     `object_patches`); "object": a patch that shows the object more than any other object
     (`shown_patches`: the map points at this object, not at another, an edge patch included)."""
-    if rule not in POINTING_RULES:
-        raise ValueError(f"pointing rule must be one of {sorted(POINTING_RULES)}, got {rule!r}")
+    return batch_pointing_by_rule(model, batch, (rule,))[rule]
+
+
+@torch.no_grad()
+def batch_pointing_by_rule(model, batch, rules: Sequence[str]) -> Dict[str, torch.Tensor]:
+    """batch_pointing under each of `rules`, from one relevance map per item."""
+    unknown = [rule for rule in rules if rule not in POINTING_RULES]
+    if unknown:
+        raise ValueError(f"pointing rule must be one of {sorted(POINTING_RULES)}, got {unknown[0]!r}")
     g = model.patch_grid
     patches = model._patch_embeds(model._patch_features(batch["pixel_values"]))
     r, _ = prompt_relevance(patches.view(len(patches), 1, g, g, -1), model.encode_prompts(batch["clip_input_ids"]),
                             model.logit_scale)
-    return pointing_accuracy(r[:, 0], batch[POINTING_RULES[rule]])
+    return {rule: pointing_accuracy(r[:, 0], batch[POINTING_RULES[rule]]) for rule in rules}
 
 
 @torch.no_grad()
 def pointing(model, loader, rule: str = "patches") -> float:
     """Pointing accuracy over a whole CLIP-pairs loader, by `rule` (see batch_pointing)."""
+    return pointing_by_rule(model, loader, (rule,))[rule]
+
+
+@torch.no_grad()
+def pointing_by_rule(model, loader, rules: Sequence[str]) -> Dict[str, float]:
+    """pointing under each of `rules`, the loader read and the towers run once."""
     model.eval()
-    hits, total = 0.0, 0
+    hits, total = dict.fromkeys(rules, 0.0), 0
     for batch in loader:
-        hits += float(batch_pointing(model, batch, rule)) * len(batch["names"])
+        for rule, accuracy in batch_pointing_by_rule(model, batch, rules).items():
+            hits[rule] += float(accuracy) * len(batch["names"])
         total += len(batch["names"])
-    return hits / total
+    return {rule: h / total for rule, h in hits.items()}
 
 
 def window_focus(relevance: Optional[torch.Tensor], mask: torch.Tensor, output_size, *, weighting: str = "softmax",

@@ -277,9 +277,14 @@ def test_datamodules(world, tokenizer):
     assert all(m.any() for m in batch["masks"])
     # Object pointing's hits: the patches showing the named object more than any other (ppllava.data.oracle.shown_patches).
     assert batch["object_masks"].shape == (4, 4, 4) and all(m.any() for m in batch["object_masks"])
-    from ppllava.evaluate import batch_pointing
+    from ppllava.evaluate import batch_pointing, batch_pointing_by_rule
     with pytest.raises(ValueError, match=r"pointing rule must be one of \['object', 'patches'\], got 'centre'"):
         batch_pointing(None, batch, "centre")
+    from ppllava.model import PPLLaVA
+    torch.manual_seed(0)
+    model = PPLLaVA(CONFIG).eval()
+    both = batch_pointing_by_rule(model, batch, ("patches", "object"))  # one relevance map for both rules
+    assert both == {rule: batch_pointing(model, batch, rule) for rule in ("patches", "object")}
 
 
 def test_skip_report_counts_per_epoch(capsys):

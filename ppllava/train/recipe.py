@@ -24,8 +24,8 @@ from ppllava.data.dataset import LLaVADataset
 from ppllava.data.preference import PreferenceDataset
 from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.data.world import LAYOUTS, WorldSpec, WorldWriter, write_world
-from ppllava.evaluate import (accuracy_by_task, counts_by_task, generate_answers, pointing, preference_scores,
-                              wilson_interval)
+from ppllava.evaluate import (accuracy_by_task, counts_by_task, generate_answers, pointing, pointing_by_rule,
+                              preference_scores, wilson_interval)
 from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
@@ -188,8 +188,8 @@ class Recipe:
         for name in ("clip", "clip_global"):
             model = self.model(name)
             loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(model.config.text_context_length))
-            results["pointing"][name] = pointing(model, loader)
-            results["pointing_object"][name] = pointing(model, loader, "object")
+            scores = pointing_by_rule(model, loader, ("patches", "object"))
+            results["pointing"][name], results["pointing_object"][name] = scores["patches"], scores["object"]
         # The fine-grained CLIP by how the prompt names the object; "question": the record's own
         # question where it names the object alone ("what colour is the star ?"), the CLIP prompt of SFT.
         collators = {**{form: ClipPairCollator(clip.config.text_context_length, form=form) for form in ClipPairCollator.FORMS},
@@ -230,9 +230,9 @@ class Recipe:
         path = self.layout_split(layout)
         pairs = ClipPairDataset(path, clip.config.image_size, clip.config.patch_size)
         loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(clip.config.text_context_length))
-        pointed, on_object = pointing(clip, loader), pointing(clip, loader, "object")
-        return {"pointing": [round(pointed * len(pairs)), len(pairs)],
-                "pointing_object": [round(on_object * len(pairs)), len(pairs)],
+        scores = pointing_by_rule(clip, loader, ("patches", "object"))
+        return {"pointing": [round(scores["patches"] * len(pairs)), len(pairs)],
+                "pointing_object": [round(scores["object"] * len(pairs)), len(pairs)],
                 "sft": {task: list(c) for task, c in counts_by_task(
                     generate_answers(sft, LLaVADataset(path, sft.config, tokenizer))).items()}}
 

@@ -36,7 +36,7 @@ from nbconvert import HTMLExporter
 from papermill.engines import NBClientEngine, papermill_engines
 from PIL import Image
 
-from ppllava.train.progress import PROGRESS_ENV, status_line
+from ppllava.progress import PROGRESS_ENV, status_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"

@@ -13,7 +13,7 @@ from PIL import Image
 
 from ppllava.run_notebooks import HEADLINES, NOTEBOOKS as NOTEBOOK_DIR, README_FIGURES, TickingEngine, \
     copy_readme_figures, execute, headline_metrics, notebook_paths, write_index
-from ppllava.train.progress import PROGRESS_ENV
+from ppllava.progress import PROGRESS_ENV
 
 NOTEBOOKS = notebook_paths()
 

@@ -9,7 +9,8 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from ppllava.run_notebooks import show_training
 from ppllava.train.config import TrainConfig
-from ppllava.train.progress import PROGRESS_ENV, ProgressFile, describe, eta_seconds, status_line
+from ppllava.progress import PROGRESS_ENV, describe, eta_seconds, status_line
+from ppllava.train.progress import ProgressFile
 from ppllava.train.run import build_trainer
 
 

@@ -30,7 +30,8 @@ from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.train.config import TrainConfig
 from ppllava.train.modules import MODULES, add_lora
 from ppllava.train.on_policy import on_policy_pairs
-from ppllava.train.progress import PROGRESS_ENV, ProgressFile
+from ppllava.progress import PROGRESS_ENV
+from ppllava.train.progress import ProgressFile
 from ppllava.validation import parse_overrides
 
 

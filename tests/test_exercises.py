@@ -1,6 +1,9 @@
-"""The exercise notebooks (run with their solutions and as given to students, through papermill), the
-generator's staleness check, and the checks' messages on deliberately wrong functions."""
+"""The exercises marked in the lesson notebooks: their student versions generated and up to date, each
+run through papermill as given to students and, cut after its exercises, with the solutions in place;
+the checks' messages on deliberately wrong functions; the generator's refusals."""
+import copy
 import json
+import re
 
 import nbformat
 import papermill
@@ -10,22 +13,56 @@ import torch.nn.functional as F
 
 from ppllava import exercise_checks as ec
 from ppllava.data.conversation import encode_conversation
-from ppllava.exercises import EXERCISES, ROOT, SOLUTIONS, ExerciseError, exercise_cells, generate, main, stub_source
+from ppllava.exercises import EXERCISES, ROOT, ExerciseError, exercise_cells, generate, lesson_notebooks, main, stub_source
 from ppllava.ops import prompt_relevance
 
-SOURCES = sorted(SOLUTIONS.glob("*.ipynb"))
+SOURCES = lesson_notebooks()
 IDS = [p.stem for p in SOURCES]
 
 
-def run(notebook, out):
-    papermill.execute_notebook(str(notebook), str(out), cwd=str(ROOT), progress_bar=False, kernel_name="python3")
+def function_name(cell):
+    return cell.source.split("(")[0].removeprefix("def ")
 
 
-def test_the_student_notebooks_are_generated_from_the_solutions_and_up_to_date(tmp_path):
-    assert len(SOURCES) == 3, "one exercise notebook per lesson of docs/teaching.md"
+def check_cell(nb, i):
+    """The check of the exercise cell nb.cells[i]: the next code cell."""
+    return next(c for c in nb.cells[i + 1:] if c.cell_type == "code")
+
+
+def run(notebook, out, tmp_path):
+    """Execute `notebook` through papermill in smoke mode, its out_dir and artifacts_dir (those it has) under tmp_path."""
+    nb = nbformat.read(notebook, as_version=4)
+    parameters = next(c.source for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    given = {"smoke": True, **{name: str(tmp_path / name) for name in ("out_dir", "artifacts_dir")
+                               if re.search(rf"^{name} =", parameters, re.M)}}
+    papermill.execute_notebook(str(notebook), str(out), parameters=given, cwd=str(ROOT), progress_bar=False,
+                               kernel_name="python3")
+
+
+def exercise_part(nb):
+    """The lesson notebook cut after its last exercise's check cell, keeping the "Use it" markdown and code
+    cell right after that check.
+
+    tests/test_notebooks.py already runs every lesson notebook whole in smoke mode, training included (minutes
+    for 02 to 06); running them whole again here would only repeat that. What this file adds is that every
+    check passes on the solutions, and that part comes before the lesson's recipe setup, so it runs in
+    seconds. The last "use it" cell stays because it too calls a solution (the earlier ones are inside the part)."""
+    end = exercise_cells(nb)[-1] + 1
+    end = next(i for i in range(end, len(nb.cells)) if nb.cells[i].cell_type == "code")  # the last check
+    use = nb.cells[end + 1:end + 3]
+    if [c.cell_type for c in use] == ["markdown", "code"] and use[0].source.startswith("Use it"):
+        end += 2
+    part = copy.deepcopy(nb)
+    part.cells = part.cells[:end + 1]
+    return part
+
+
+def test_the_student_notebooks_are_generated_from_the_lessons_and_up_to_date(tmp_path):
+    assert [p.name for p in SOURCES] == ["00_operations.ipynb", "02_alignment.ipynb", "04_context_extension.ipynb",
+                                         "05_sft.ipynb", "06_dpo.ipynb"], "the lessons with exercises of docs/teaching.md"
     written = generate(tmp_path)
     assert sorted(p.name for p in EXERCISES.glob("*.ipynb")) == sorted(p.name for p in written), \
-        "notebooks/exercises/ and notebooks/solutions/ hold different names: run `python -m ppllava.exercises`"
+        "notebooks/exercises/ holds a stray or lacks a lesson's student version: run `python -m ppllava.exercises`"
     for path in written:
         assert path.read_bytes() == (EXERCISES / path.name).read_bytes(), \
             f"notebooks/exercises/{path.name} is stale or edited by hand: run `python -m ppllava.exercises`"
@@ -33,35 +70,37 @@ def test_the_student_notebooks_are_generated_from_the_solutions_and_up_to_date(t
 
 
 def test_the_exercises_cover_the_method_core():
-    functions = {stub.split("(")[0].removeprefix("def ")
-                 for p in SOURCES for nb in [nbformat.read(p, as_version=4)]
-                 for stub in (nb.cells[i].source for i in exercise_cells(nb))}
-    assert functions == {"axis_geometry", "pool_window", "relevance_map", "extend_positions", "dpo_sigmoid_loss",
-                         "answer_only_labels"}
+    functions = {p.stem: {function_name(nb.cells[i]) for i in exercise_cells(nb)}
+                 for p in SOURCES for nb in [nbformat.read(p, as_version=4)]}
+    assert functions == {"00_operations": {"axis_geometry", "pool_window"}, "02_alignment": {"relevance_map"},
+                         "04_context_extension": {"extend_positions"}, "05_sft": {"answer_only_labels"},
+                         "06_dpo": {"dpo_sigmoid_loss"}}
 
 
-@pytest.mark.parametrize("solution", SOURCES, ids=IDS)
-def test_with_the_solutions_every_check_passes(solution, tmp_path):
-    run(solution, tmp_path / "out.ipynb")
+@pytest.mark.parametrize("lesson", SOURCES, ids=IDS)
+def test_with_the_solutions_every_check_passes(lesson, tmp_path):
+    part = exercise_part(nbformat.read(lesson, as_version=4))
+    assert not any("Recipe(" in c.source for c in part.cells), "the exercises must come before the lesson's recipe"
+    nbformat.write(part, tmp_path / lesson.name)
+    run(tmp_path / lesson.name, tmp_path / "out.ipynb", tmp_path)
     nb = nbformat.read(tmp_path / "out.ipynb", as_version=4)
-    said = {c.source: "".join(o.get("text", "") for o in c.outputs) for c in nb.cells if c.cell_type == "code"}
     for i in exercise_cells(nb):
-        name = nb.cells[i].source.split("(")[0].removeprefix("def ")
-        check = next(s for s in said if s.startswith("check_") and f"({name})" in s)
-        assert f"{name}: right on all" in said[check], said[check]
+        said = "".join(o.get("text", "") for o in check_cell(nb, i).outputs)
+        assert f"{function_name(nb.cells[i])}: right on all" in said, said
 
 
-@pytest.mark.parametrize("solution", SOURCES, ids=IDS)
-def test_as_given_to_students_the_first_check_fails_with_the_stub_task(solution, tmp_path):
-    student = EXERCISES / solution.name
+@pytest.mark.parametrize("lesson", SOURCES, ids=IDS)
+def test_as_given_to_students_the_first_check_fails_with_the_stub_task(lesson, tmp_path):
+    student = EXERCISES / lesson.name
     nb = nbformat.read(student, as_version=4)
     first = exercise_cells(nb)[0]
     task = nb.cells[first].metadata["exercise"]["task"]
     with pytest.raises(papermill.PapermillExecutionError) as err:
-        run(student, tmp_path / "out.ipynb")
+        run(student, tmp_path / "out.ipynb", tmp_path)
     assert err.value.ename == "NotImplementedError" and err.value.evalue == task
-    check = next(c for c in nb.cells[first + 1:] if c.cell_type == "code")
-    assert err.value.source == check.source  # the check cell, not the stub's definition, fails
+    executed = nbformat.read(tmp_path / "out.ipynb", as_version=4)
+    failed = [c.id for c in executed.cells if c.cell_type == "code" and any(o.output_type == "error" for o in c.outputs)]
+    assert failed == [check_cell(nb, first).id]  # the first check cell, not the stub's definition nor a cell before
 
 
 # --- the checks say what is wrong ------------------------------------------------------------------
@@ -162,7 +201,7 @@ def test_a_stub_reaches_the_notebook_as_its_task():
         ec.check_pool_window(stub)
 
 
-# --- the generator refuses solution notebooks it cannot turn into exercises --------------------------
+# --- the generator refuses lesson notebooks it cannot turn into exercises --------------------------
 
 
 def test_a_stub_keeps_the_signature_and_docstring_and_drops_the_solution():
@@ -188,34 +227,50 @@ GOOD = 'def f(a):\n    """Return a."""\n    return a'
 
 
 @pytest.mark.parametrize("cells, message", [
-    ([code("e", GOOD, tags=["exercise"]), code("c", "check_f(f)")], "needs metadata exercise.task"),
+    ([code("e", GOOD, tags=["exercise"]), code("c", "check_f(f)")], "cell e: an exercise cell needs metadata exercise.task"),
     ([code("e", GOOD, tags=["exercise"], exercise={"task": "t"}), code("c", "f(1)")], "the next code cell must check f"),
-    ([code("e", GOOD, exercise={"task": "t"})], "no cell is tagged 'exercise'"),
+    ([code("e", GOOD, exercise={"task": "t"}), code("c", "check_f(f)")], "cell e: it has exercise metadata but no tag"),
 ], ids=["no task", "no check", "no tag"])
 def test_the_generator_names_the_notebook_and_cell_it_refuses(tmp_path, cells, message):
-    solutions = tmp_path / "solutions"
-    solutions.mkdir()
-    (solutions / "bad.ipynb").write_text(json.dumps(notebook_with(cells)))
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    (lessons / "bad.ipynb").write_text(json.dumps(notebook_with(cells)))
     with pytest.raises(ExerciseError, match=message) as err:
-        generate(tmp_path / "out", solutions)
+        generate(tmp_path / "out", lessons)
     assert "bad.ipynb" in str(err.value) and not (tmp_path / "out").exists()
 
 
-def test_the_cli_refuses_a_bad_solution_notebook_with_one_line(tmp_path, capsys):
-    solutions = tmp_path / "solutions"
-    solutions.mkdir()
-    (solutions / "bad.ipynb").write_text(json.dumps(notebook_with([code("e", "x = 1", tags=["exercise"],
-                                                                        exercise={"task": "t"})])))
+def test_the_generator_skips_notebooks_without_exercises_and_refuses_to_overwrite_the_lessons(tmp_path):
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    (lessons / "plain.ipynb").write_text(json.dumps(notebook_with([code("a", "x = 1")])))
+    with pytest.raises(ExerciseError, match="no notebook in .* has a cell tagged 'exercise'"):
+        generate(tmp_path / "out", lessons)
+    (lessons / "good.ipynb").write_text(json.dumps(notebook_with([
+        code("e", GOOD, tags=["exercise"], exercise={"task": "t"}), code("c", "check_f(f)")])))
+    assert [p.name for p in generate(tmp_path / "out", lessons)] == ["good.ipynb"]
+    with pytest.raises(ExerciseError, match="would overwrite their lesson notebooks"):
+        generate(lessons, lessons)
+
+
+def test_the_cli_refuses_a_bad_lesson_notebook_with_one_line(tmp_path, capsys):
+    lessons = tmp_path / "lessons"
+    lessons.mkdir()
+    (lessons / "bad.ipynb").write_text(json.dumps(notebook_with([code("e", "x = 1", tags=["exercise"],
+                                                                      exercise={"task": "t"})])))
     with pytest.raises(SystemExit) as exit_:
-        main(["--solutions", str(solutions), "--out", str(tmp_path / "out")])
+        main(["--lessons", str(lessons), "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err
     assert exit_.value.code == 2 and len(err.strip().splitlines()) == 1
     assert "bad.ipynb, cell e: an exercise cell holds exactly one function definition" in err
 
 
-def test_the_check_flag_names_a_stale_file(tmp_path, capsys):
+def test_the_check_flag_names_a_stale_and_a_stray_file(tmp_path, capsys):
     generate(tmp_path)
     stale = tmp_path / SOURCES[0].name
     stale.write_text(stale.read_text().replace("NotImplementedError", "NotImplementedError ", 1))
+    (tmp_path / "lesson1_operations.ipynb").write_text(stale.read_text())
     assert main(["--check", "--out", str(tmp_path)]) == 1
-    assert f"{stale}: differs from its solution notebook's student version" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"{stale}: differs from its lesson notebook's student version" in err
+    assert f"{tmp_path / 'lesson1_operations.ipynb'}: has no lesson notebook with exercises in" in err

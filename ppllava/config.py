@@ -111,6 +111,10 @@ class PPLLaVAConfig:
                      "clip_vocab_size", "llm_max_positions"):
             if getattr(self, name) < 1:
                 raise ValueError(f"PPLLaVAConfig.{name} must be >= 1, got {getattr(self, name)}")
+        if not -(self.vision_layers + 1) <= self.vision_feature_layer <= self.vision_layers:
+            raise ValueError(f"PPLLaVAConfig.vision_feature_layer {self.vision_feature_layer} is not one of the "
+                             f"{self.vision_layers + 1} hidden states of a {self.vision_layers}-layer tower "
+                             f"(from {-(self.vision_layers + 1)} to {self.vision_layers})")
         if self.image_size % self.patch_size:
             raise ValueError(f"PPLLaVAConfig.image_size {self.image_size} must be a multiple of patch_size {self.patch_size}")
         for width, heads, what in ((self.vision_width, self.vision_heads, "vision"), (self.text_width, self.text_heads, "text"),

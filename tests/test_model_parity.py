@@ -160,3 +160,27 @@ def test_a_learned_conv_pooler_is_refused_in_every_mode(tmp_path, pooling):
     checkpoint = llava_next_video_dir(tmp_path / "conv", spatial_pool_mode="conv")
     with pytest.raises(ValueError, match=r"conv: spatial_pool_mode 'conv' is a learned pooler whose weights PPLLaVA would drop"):
         from_llava_next(checkpoint, pooling=pooling, num_frames=4)
+
+
+@pytest.mark.parametrize("layer", [-4, -2, -1, 0, 2, 3])
+def test_patch_features_equal_the_towers_hidden_state_bit_for_bit(layer):
+    """_tower_features runs only the layers before `vision_feature_layer`; what it returns is exactly
+    transformers' hidden_states[layer] of the whole tower, CLS dropped."""
+    from ppllava.config import PPLLaVAConfig
+    from ppllava.model import PPLLaVA
+
+    torch.manual_seed(0)
+    model = PPLLaVA(PPLLaVAConfig.from_name("tiny", vision_feature_layer=layer)).eval()
+    pixels = torch.randn(5, 3, model.config.image_size, model.config.image_size)
+    with torch.no_grad():
+        whole = model.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
+        assert len(whole) == model.config.vision_layers + 1
+        assert torch.equal(model._patch_features(pixels), whole[layer][:, 1:])
+
+
+@pytest.mark.parametrize("layer", [-5, 4])
+def test_a_vision_feature_layer_outside_the_tower_is_refused(layer):
+    from ppllava.config import PPLLaVAConfig
+
+    with pytest.raises(ValueError, match=r"vision_feature_layer .* 4 hidden states of a 3-layer tower"):
+        PPLLaVAConfig.from_name("tiny", vision_feature_layer=layer)

@@ -150,8 +150,16 @@ class PPLLaVA(nn.Module):
         return cache.features(pixels, self._tower_features)
 
     def _tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
-        hidden = self.vision_tower(pixel_values=pixels, output_hidden_states=True).hidden_states
-        return hidden[self.config.vision_feature_layer][:, 1:]
+        """`hidden_states[vision_feature_layer]` of the tower, CLS dropped, running only the layers it
+        needs: hidden state k is the input of layer k, so the layers from k on feed nothing the kit
+        reads (LLaVA's -2 skips the last layer: a third of the tiny tower's forward, bit for bit the
+        same features; tests/test_model_parity.py)."""
+        tower = self.vision_tower
+        depth = self.config.vision_feature_layer % (len(tower.encoder.layers) + 1)
+        hidden = tower.pre_layrnorm(tower.embeddings(pixels))
+        for layer in tower.encoder.layers[:depth]:
+            hidden = layer(hidden, None)
+        return hidden[:, 1:]
 
     def _patch_embeds(self, patches: torch.Tensor) -> torch.Tensor:
         """Patch tokens into CLIP's joint space `e`: (..., Dv) -> (..., Dc)."""

@@ -8,6 +8,16 @@ from ppllava.ops.clip_context import (
     tokenize_clip_prompts,
 )
 from ppllava.ops.checks import check_finite
+from ppllava.ops.compression import (
+    Compressed,
+    dominant_merge,
+    fastv_select,
+    first_inputs,
+    frames,
+    random_select,
+    sources,
+    topk_select,
+)
 from ppllava.ops.geometry import window_geometry
 from ppllava.ops.pooling import (
     POOLING_MODES,
@@ -18,10 +28,12 @@ from ppllava.ops.pooling import (
     window_weights,
 )
 from ppllava.ops.relevance import prompt_relevance
+from ppllava.ops.token_merging import tome_merge
 
 __all__ = [
-    "ClipPromptTruncated", "ExtendedPositionEmbedding", "POOLING_MODES", "WEIGHTINGS",
-    "adaptive_pool3d", "check_finite", "clip_context_length", "extend_clip_positions", "extend_clip_text_context",
-    "pool_visual_tokens", "prompt_guided_pool3d", "prompt_relevance", "tokenize_clip_prompts",
-    "window_geometry", "window_weights",
+    "ClipPromptTruncated", "Compressed", "ExtendedPositionEmbedding", "POOLING_MODES", "WEIGHTINGS",
+    "adaptive_pool3d", "check_finite", "clip_context_length", "dominant_merge", "extend_clip_positions",
+    "extend_clip_text_context", "fastv_select", "first_inputs", "frames", "pool_visual_tokens",
+    "prompt_guided_pool3d", "prompt_relevance", "random_select", "sources", "tokenize_clip_prompts",
+    "tome_merge", "topk_select", "window_geometry", "window_weights",
 ]

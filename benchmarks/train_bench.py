@@ -3,6 +3,7 @@
     python benchmarks/train_bench.py                                   # the tiny preset
     python benchmarks/train_bench.py --model patch_size=8 vision_width=128 vision_layers=4 \
         video_kernel=[2,4,4] image_kernel=[1,4,4]                      # a larger tower
+    python benchmarks/train_bench.py --needle 256 --steps 8           # notebook 07's long videos
 
 Stage 2's trainable parts (projector and LLM), AdamW, the same batches of a small world (decoded
 beforehand, so decoding is not timed) for two epochs: the first fills the cache, the second reads it.
@@ -24,7 +25,7 @@ import torch
 from ppllava.data.dataset import model_inputs
 from ppllava.data.datamodules import SFTDataModule
 from ppllava.data.tokenizer import build_world_tokenizer
-from ppllava.data.world import WorldSpec, write_world
+from ppllava.data.world import WorldSpec, write_needle_world, write_world
 from ppllava.model import PPLLaVA
 from ppllava.model.feature_cache import FrozenFeatureCache
 from ppllava.train.config import TrainConfig
@@ -50,18 +51,29 @@ def main(argv=None) -> dict:
     parser.add_argument("--model", nargs="*", default=[], help="PPLLaVAConfig overrides, key=value")
     parser.add_argument("--steps", type=int, default=30, help="batches per epoch")
     parser.add_argument("--batch-size", type=int, default=16)
+    parser.add_argument("--needle", type=int, default=0, metavar="FRAMES",
+                        help="needle videos of this many frames instead of the short-clip mix, pooled as notebook 07 "
+                             "pools them (16 tokens: prompt pooling to (4, 2, 2))")
     args = parser.parse_args(argv)
-    cfg = TrainConfig(stage="sft2", preset="tiny", model=parse_overrides(parser, args.model, "--model"))
+    model = parse_overrides(parser, args.model, "--model")
+    if args.needle:
+        model = {"num_frames": args.needle, "pooling": "prompt", "video_output_size": [4, 2, 2], **model}
+    cfg = TrainConfig(stage="sft2", preset="tiny", model=model)
     torch.manual_seed(0)
     start = PPLLaVA(cfg.model_config())
     with tempfile.TemporaryDirectory() as world:
-        write_world(Path(world), WorldSpec(), train=args.steps * args.batch_size, val=8, test=0, long_per_length=0,
-                    progress=False)
-        data = SFTDataModule(world, start.config, build_world_tokenizer(), batch_size=args.batch_size,
-                             mix={"video": 0.4, "image": 0.25, "multi": 0.15, "text": 0.2})
+        if args.needle:
+            write_needle_world(Path(world), args.needle, WorldSpec(), train=args.steps * args.batch_size, val=8, test=0,
+                               progress=False)
+            mix = {"video": 1.0}
+        else:
+            write_world(Path(world), WorldSpec(), train=args.steps * args.batch_size, val=8, test=0, long_per_length=0,
+                        progress=False)
+            mix = {"video": 0.4, "image": 0.25, "multi": 0.15, "text": 0.2}
+        data = SFTDataModule(world, start.config, build_world_tokenizer(), batch_size=args.batch_size, mix=mix)
         data.setup()
         batches = list(data.train_dataloader())[: args.steps]
-    result = {"model": cfg.model, "steps": len(batches), "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
+    result = {"model": cfg.model, "needle_frames": args.needle, "steps": len(batches), "batch_size": args.batch_size, "torch_threads": torch.get_num_threads()}
     trained = {}
     for setting in ("plain", "cached"):
         model = copy.deepcopy(start)

@@ -201,7 +201,8 @@ def no_compute(model, monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the vision tower ran before the fault was named")
 
-    monkeypatch.setattr(model.vision_tower, "forward", refuse)
+    monkeypatch.setattr(model.vision_tower, "forward", refuse)  # the global CLIP loss calls it whole
+    monkeypatch.setattr(model.vision_tower.embeddings, "forward", refuse)  # every pass starts here
     monkeypatch.setattr(model.language_model, "forward", refuse)
     return model
 

@@ -122,7 +122,9 @@ def test_a_stream_left_early_records_no_turn_and_the_chat_goes_on(world_model, v
 def test_features_once_per_video_and_relevance_once_per_question(kind, world_model, checkpoints, video, monkeypatch):
     model, processor = load(kind, world_model, checkpoints)
     tower_runs = []
-    hook = model.vision_tower.register_forward_hook(lambda *_: tower_runs.append(1))
+    # The patch embedding starts every pass through the tower (_tower_features calls the tower's
+    # parts, not its forward, to skip the layers it does not read).
+    hook = model.vision_tower.embeddings.register_forward_hook(lambda *_: tower_runs.append(1))
     features = spy(monkeypatch, model, "video_features")
     relevance = spy(monkeypatch, ppllava_module, "prompt_relevance")  # every path to s goes through it
     prompts = spy(monkeypatch, model, "encode_prompts")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from ppllava.ops.compression import Compressed, _check_budget, _check_keys, _check_x, _compress
-from ppllava.ops.geometry import as_triple
+from ppllava.ops.pooling import _check_tokens
 
 
 def tome_merge(x: torch.Tensor, grid, budget: int, *, keys: Optional[torch.Tensor] = None,
@@ -60,9 +60,7 @@ def tome_merge(x: torch.Tensor, grid, budget: int, *, keys: Optional[torch.Tenso
         check_finite: raise a ValueError naming `x` or `keys` if it holds NaN or Inf.
     """
     L = _check_x(x, check_finite)
-    T, H, W = as_triple(grid, "grid")
-    if T * H * W != L:
-        raise ValueError(f"x has {L} tokens but grid {(T, H, W)} holds T*H*W = {T * H * W}")
+    T, H, W = _check_tokens(x, grid)  # the pooling modes' check: the grid must hold x's tokens
     budget = _check_budget(budget, L)
     keys = _check_keys(keys, x, check_finite).to(x.device)
     frame = torch.arange(L, device=x.device) // (H * W)

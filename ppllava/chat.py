@@ -24,6 +24,7 @@ import torch
 from transformers import TextIteratorStreamer
 
 from ppllava.data.tokenizer import build_world_tokenizer
+from ppllava.model.compress_tokens import PROMPT_MODES, TOWER_ATTENTION_MODES
 from ppllava.processor import PPLLaVAProcessor
 
 
@@ -39,7 +40,8 @@ class VideoChat:
     """One conversation about one video. The video is decoded, processed and run through the vision
     tower once; each question then costs its CLIP relevance map (computed once: it pools the video
     and is returned to draw) and the LLM. The prompt carries the whole conversation; the video is
-    pooled by the latest question, its CLIP prompt.
+    pooled by the latest question, its CLIP prompt. (Pooling 'dominant' reads the tower's attention,
+    which the features do not hold: there the tower runs again for each answer.)
 
     processor: a `PPLLaVAProcessor` (a real checkpoint's tokenizer and template), or a tokenizer to
     build one with the kit's `template`; default the world's tokenizer. video: a path or (T, H, W, 3)
@@ -111,8 +113,10 @@ class VideoChat:
         device = self.model.device
         _, s = self.model.relevance_maps(self.pixels, batch["clip_input_ids"].to(device), video_features=self.features)
         inputs = dict(input_ids=batch["input_ids"].to(device), attention_mask=batch["attention_mask"].to(device),
-                      pixel_values_videos=self.pixels, video_features=self.features)
-        if self.model.config.pooling == "prompt":  # other modes pool without it; s is then only drawn
+                      pixel_values_videos=self.pixels)
+        if self.model.config.pooling not in TOWER_ATTENTION_MODES:
+            inputs["video_features"] = self.features
+        if self.model.config.pooling in PROMPT_MODES:  # prompt and topk read it; other modes only draw it
             inputs["video_relevance"] = s
         return question, inputs, s
 

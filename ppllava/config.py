@@ -16,13 +16,22 @@ from typing import Any, Dict, Optional, Tuple, Union
 import yaml
 
 from ppllava.ops.clip_context import EXTENSION_INITS
+from ppllava.ops.compression import COMPRESSION_MODES
 from ppllava.ops.geometry import window_geometry
 from ppllava.ops.pooling import POOLING_MODES, WEIGHTINGS
 from ppllava.validation import check_fields, read_yaml_mapping
 
+
+def visionzip_contextual(budget: int) -> int:
+    """VisionZip's contextual share of a budget: its README and paper split 64 tokens into 54 dominant + 10
+    contextual, 128 into 108 + 20, 192 into 162 + 30 (its [CLS] token counts among the dominant ones);
+    budget * 10 // 64 gives all three exactly (16 -> 2)."""
+    return budget * 10 // 64
+
+
 CHOICES = {
     "llm_family": ("llama", "qwen2"),
-    "pooling": POOLING_MODES,
+    "pooling": POOLING_MODES + COMPRESSION_MODES,  # "fastv" joins when it is wired inside the LLM
     "weighting": WEIGHTINGS,
     "clip_prompt": ("question", "conversation"),
     "pool_position": ("after_projector", "before_projector"),
@@ -77,7 +86,7 @@ class PPLLaVAConfig:
 
     # --- media and pooling ----------------------------------------------------------------
     num_frames: int = 8
-    pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt
+    pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt | topk | random | merge | dominant
     video_kernel: Tuple[int, int, int] = (2, 2, 2)  # (T, H, W); stride = kernel unless set
     video_stride: Optional[Tuple[int, int, int]] = None
     video_output_size: Optional[Tuple[int, int, int]] = None  # for adaptive, or instead of kernel
@@ -86,6 +95,10 @@ class PPLLaVAConfig:
     weighting: str = "softmax"  # softmax (released code) | normalized (paper text)
     clip_prompt: str = "question"  # question | conversation (released training code)
     pool_position: str = "after_projector"  # after_projector (released code) | before_projector
+    # The selection and merging modes (topk, random, merge, dominant; DESIGN.md section 5) keep a budget, not a grid.
+    video_token_budget: Optional[int] = None  # tokens per video; None: prompt pooling's count (the equal budget)
+    contextual_tokens: Optional[int] = None  # dominant: merged tokens of the budget; None: VisionZip's budget * 10 // 64
+    random_seed: int = 0  # random, in eval: seeds each video's draw with its pixels (ppllava/model/compress_tokens.py)
     image_grid_pinpoints: Tuple[Tuple[int, int], ...] = ((64, 64), (64, 128), (128, 64), (128, 128))
 
     # --- numerics -------------------------------------------------------------------------
@@ -152,6 +165,21 @@ class PPLLaVAConfig:
             except ValueError as err:
                 raise ValueError(f"PPLLaVAConfig.num_frames {self.num_frames} with video_kernel {self.video_kernel}, "
                                  f"video_stride {self.video_stride}: {err}") from err
+        if self.video_token_budget is not None and self.video_token_budget < 1:
+            raise ValueError(f"PPLLaVAConfig.video_token_budget must be >= 1 (or None: prompt pooling's count), "
+                             f"got {self.video_token_budget}")
+        if self.contextual_tokens is not None and self.contextual_tokens < 0:
+            raise ValueError(f"PPLLaVAConfig.contextual_tokens must be >= 0 (or None: VisionZip's ratio), "
+                             f"got {self.contextual_tokens}")
+        if self.pooling in COMPRESSION_MODES:  # the budget must fit the configured video
+            try:
+                self.video_budget(self.num_frames)
+            except ValueError as err:
+                raise ValueError(f"PPLLaVAConfig.num_frames {self.num_frames} with pooling {self.pooling!r}: {err}") from err
+        if self.pooling == "dominant" and self.vision_feature_layer % (self.vision_layers + 1) == 0:
+            raise ValueError(f"PPLLaVAConfig.vision_feature_layer {self.vision_feature_layer} is the patch embeddings, "
+                             "which no attention layer makes: pooling 'dominant' reads the [CLS] attention of the layer "
+                             "that makes the features")
 
     # --- derived --------------------------------------------------------------------------
     @property
@@ -162,6 +190,42 @@ class PPLLaVAConfig:
     @property
     def text_context_length(self) -> int:
         return self.clip_extended_context if self.extend_clip_context else self.clip_context
+
+    def prompt_pool_geometry(self) -> dict:
+        """The window arguments prompt pooling gives `window_geometry` for videos (an output size, when
+        given, wins over the kernel)."""
+        return dict(output_size=self.video_output_size, stride=self.video_stride,
+                    kernel=None if self.video_output_size is not None else self.video_kernel)
+
+    def video_budget(self, num_frames: int) -> int:
+        """Tokens a selection or merging mode makes of a video of `num_frames` frames: `video_token_budget`,
+        or (None) what prompt pooling makes of the same video with this config's windows, so that every
+        method meets the others at an equal budget (issue #16). A ValueError names the frames and tokens
+        of a video the budget exceeds, or the axis prompt's windows leave uncovered; for 'dominant', a
+        contextual count larger than the budget."""
+        g = self.patch_grid
+        tokens = num_frames * g * g
+        if self.video_token_budget is None:
+            try:
+                out = window_geometry((num_frames, g, g), **self.prompt_pool_geometry())[0]
+            except ValueError as err:
+                raise ValueError(f"video_token_budget None takes prompt pooling's count, and {err}") from None
+            budget = out[0] * out[1] * out[2]
+        elif self.video_token_budget > tokens:
+            raise ValueError(f"video_token_budget {self.video_token_budget} exceeds the {tokens} visual tokens of "
+                             f"{num_frames} frames ({num_frames} x {g} x {g} patches)")
+        else:
+            budget = self.video_token_budget
+        if self.pooling == "dominant" and self.contextual_count(budget) > budget:
+            raise ValueError(f"contextual_tokens {self.contextual_tokens} exceeds the budget of {budget} tokens "
+                             f"for {num_frames} frames")
+        return budget
+
+    def contextual_count(self, budget: int) -> int:
+        """'dominant': how many of a video's `budget` tokens are contextual (merged), the rest dominant (kept).
+        `contextual_tokens` counts in the video budget; an image crop, whose budget is the image kernel's
+        (4 tokens in `tiny`), takes VisionZip's share of it (`visionzip_contextual`) whatever the field says."""
+        return self.contextual_tokens if self.contextual_tokens is not None else visionzip_contextual(budget)
 
     # --- presets and serialization --------------------------------------------------------
     @classmethod

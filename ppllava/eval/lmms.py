@@ -9,7 +9,8 @@ Model args (lmms-eval's key=value list; a T x H x W shape is written 4x2x2, sinc
                    LLaVA-NeXT(-Video) / released PPLLaVA one (config.json, `from_llava_next`)
   clip, clip_model the CLIP side of a LLaVA-NeXT directory: a Hugging Face CLIP directory, or an
                    open_clip file with its config name (ViT-L-14-336); released PPLLaVA carries its own
-  pooling          none | temporal_mean | adaptive | spatial | prompt (default: the checkpoint's)
+  pooling          none | temporal_mean | adaptive | spatial | prompt, or a selection / merging mode
+                   topk | random | merge | dominant at prompt's token count (default: the checkpoint's)
   video_kernel, video_stride, video_output_size, pool_temperature: the pooling's geometry and sharpness
   num_frames       frames sampled per video, uniformly (default: the checkpoint's)
   reader           decord | pyav | frames (a folder of frame images per video); default: decord

@@ -19,7 +19,9 @@ class FrozenFeatureCache:
     """Patch tokens by frame, up to `max_mb` MiB; frames seen after it is full are computed, not kept.
 
     `features(pixels, compute)`: pixels `(n, 3, S, S)` -> `(n, N, Dv)`, running `compute` on the frames
-    it has not seen (in one batch) and reading the rest from memory."""
+    it has not seen (in one batch) and reading the rest from memory. `kind` names what `compute` returns
+    per frame when it is more than the features (pooling 'dominant' stores its [CLS] attention and keys
+    beside them, one row per patch), so rows of different kinds never answer for each other."""
 
     def __init__(self, max_mb: float):
         if not max_mb > 0:
@@ -30,12 +32,12 @@ class FrozenFeatureCache:
         self.hits = self.misses = 0
 
     @staticmethod
-    def keys(pixels: torch.Tensor) -> List[bytes]:
-        """One digest per frame of its dtype, shape and pixel bytes: equal keys mean equal frames."""
+    def keys(pixels: torch.Tensor, kind: str = "") -> List[bytes]:
+        """One digest per frame of `kind`, its dtype, shape and pixel bytes: equal keys mean equal frames."""
         frames = pixels.detach().cpu().contiguous()
         if frames.dtype == torch.bfloat16:  # numpy has no bfloat16: hash the same bytes as int16
             frames = frames.view(torch.int16)
-        head = f"{pixels.dtype}{tuple(frames.shape[1:])}".encode()
+        head = f"{kind}{pixels.dtype}{tuple(frames.shape[1:])}".encode()
         array = frames.numpy()
         # SHA-1 for speed (the CPU computes it in hardware: 4 ms for 128 frames of 64 px, blake2b 7 ms),
         # not for secrecy: 160 bits leave no chance of two frames sharing a key.
@@ -46,8 +48,9 @@ class FrozenFeatureCache:
             keys.append(digest.digest())
         return keys
 
-    def features(self, pixels: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
-        keys = self.keys(pixels)
+    def features(self, pixels: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor],
+                 kind: str = "") -> torch.Tensor:
+        keys = self.keys(pixels, kind)
         missing = [i for i, key in enumerate(keys) if key not in self.stored]
         # A frame twice in one batch (DPO's chosen and rejected share the video) is computed once.
         first = list({keys[i]: i for i in reversed(missing)}.values())

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -25,10 +26,12 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ppllava.config import PPLLaVAConfig
 from ppllava.model import anyres, inputs
+from ppllava.model.compress_tokens import (PROMPT_MODES, TOWER_ATTENTION_MODES, Guide, compress, compress_crops,
+                                           pixel_generators, tower_attention)
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
 from ppllava.model.token_layout import TokenLayout
-from ppllava.ops import (check_finite, extend_clip_text_context, pool_visual_tokens, prompt_guided_pool3d,
-                         prompt_relevance)
+from ppllava.ops import (COMPRESSION_MODES, check_finite, extend_clip_text_context, pool_visual_tokens,
+                         prompt_guided_pool3d, prompt_relevance)
 
 
 class Projector(nn.Module):
@@ -136,30 +139,51 @@ class PPLLaVA(nn.Module):
         length = int(((clip_input_ids != 0).long().cumsum(1) * (clip_input_ids != 0)).argmax(1).max()) + 1
         return self.text_projection(self.clip_text(input_ids=clip_input_ids[:, :length]).pooler_output)
 
-    def _patch_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _patch_features(self, pixels: torch.Tensor, attention: bool = False):
         """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv); read from
-        `feature_cache` (set by the stages that train with the tower frozen) for frames it has seen."""
+        `feature_cache` (set by the stages that train with the tower frozen) for frames it has seen.
+        With `attention` ('dominant'), (features, cls_attention (n, g*g) float32, keys (n, g*g, Dk)): see
+        `_tower_features`; the cache keeps them beside the features, under their own key."""
         if not torch.isfinite(pixels).all():
             raise ValueError("pixel values contain NaN or Inf")
         pixels = pixels.to(self.vision_tower.dtype)
+        compute = functools.partial(self._tower_features, attention=attention)
         cache = getattr(self, "feature_cache", None)
         if cache is None:
-            return self._tower_features(pixels)
-        if any(p.requires_grad for p in self.vision_tower.parameters()):
+            rows = compute(pixels)
+        elif any(p.requires_grad for p in self.vision_tower.parameters()):
             raise ValueError("feature_cache is set but the vision tower is trainable: cached features would be stale")
-        return cache.features(pixels, self._tower_features)
+        else:
+            rows = cache.features(pixels, compute, kind="features+cls_attention+keys" if attention else "")
+        if not attention:
+            return rows
+        width = self.vision_config.hidden_size
+        dtype = self.vision_tower.dtype
+        return rows[..., :width].to(dtype), rows[..., width], rows[..., width + 1 :].to(dtype)
 
-    def _tower_features(self, pixels: torch.Tensor) -> torch.Tensor:
+    def _tower_features(self, pixels: torch.Tensor, attention: bool = False) -> torch.Tensor:
         """`hidden_states[vision_feature_layer]` of the tower, CLS dropped, running only the layers it
         needs: hidden state k is the input of layer k, so the layers from k on feed nothing the kit
         reads (LLaVA's -2 skips the last layer: a third of the tiny tower's forward, bit for bit the
-        same features; tests/test_model_parity.py)."""
+        same features; tests/test_model_parity.py).
+
+        With `attention`, each patch's row also holds the [CLS] attention it gets and its keys (mean
+        over heads, `compress_tokens.tower_attention`) in the layer that makes the features: layer
+        k - 1 for hidden state k, so at LLaVA's -2 the penultimate layer, `attentions[-2]` and
+        `layers[-2]`, exactly the layer VisionZip reads beside `hidden_states[-2]`. Packed into one
+        float32 row per patch, (n, g*g, Dv + 1 + Dk), so the feature cache stores them as it stores
+        features."""
         tower = self.vision_tower
         depth = self.config.vision_feature_layer % (len(tower.encoder.layers) + 1)
         hidden = tower.pre_layrnorm(tower.embeddings(pixels))
-        for layer in tower.encoder.layers[:depth]:
+        for i, layer in enumerate(tower.encoder.layers[:depth]):
+            if attention and i == depth - 1:
+                cls_attention, keys = tower_attention(layer, hidden)
             hidden = layer(hidden, None)
-        return hidden[:, 1:]
+        if not attention:
+            return hidden[:, 1:]
+        dtype = torch.promote_types(hidden.dtype, torch.float32)
+        return torch.cat([hidden[:, 1:].to(dtype), cls_attention[..., None].to(dtype), keys.to(dtype)], dim=-1)
 
     def _patch_embeds(self, patches: torch.Tensor) -> torch.Tensor:
         """Patch tokens into CLIP's joint space `e`: (..., Dv) -> (..., Dc)."""
@@ -210,8 +234,17 @@ class PPLLaVA(nn.Module):
         return self
 
     # --- visual tokens -------------------------------------------------------------------------
-    def _pool(self, x: torch.Tensor, grid, relevance: Optional[torch.Tensor], media: str) -> torch.Tensor:
-        cfg = self.config
+    def _pool(self, x: torch.Tensor, grid, guide: Guide, media: str) -> torch.Tensor:
+        """(n, N, D) tokens over `grid` -> (n, N', D) by the configured mode; `guide` holds what it reads
+        (the relevance of 'prompt' and 'topk'; see `compress_tokens.Guide`)."""
+        cfg, relevance = self.config, guide.relevance
+        if cfg.pooling in COMPRESSION_MODES:
+            if media == "image":  # each crop to the image kernel's count, as the pooling modes make it
+                return compress_crops(x, grid[0], grid[1], cfg.pooling, self.layout.image_crop_grid() ** 2, guide,
+                                      check_finite=cfg.check_finite)
+            budget = self.layout.video_token_count(grid[0])
+            return compress(x, grid, cfg.pooling, budget, guide, contextual=cfg.contextual_count(budget),
+                            check_finite=cfg.check_finite)
         if media == "image":  # crops on the T axis; every mode but 'none' pools each crop with the image kernel
             if cfg.pooling == "none":
                 if cfg.check_finite:
@@ -226,52 +259,84 @@ class PPLLaVA(nn.Module):
                                   weighting=cfg.weighting, check_finite=cfg.check_finite,
                                   **self.layout.video_pool_geometry())[0]
 
-    def _tokens(self, patches: torch.Tensor, grid, relevance, media: str) -> torch.Tensor:
+    def _tokens(self, patches: torch.Tensor, grid, guide: Guide, media: str) -> torch.Tensor:
         """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector."""
         if self.config.pool_position == "before_projector":
-            return self.projector(self._pool(patches, grid, relevance, media))
-        return self._pool(self.projector(patches), grid, relevance, media)
+            return self.projector(self._pool(patches, grid, guide, media))
+        return self._pool(self.projector(patches), grid, guide, media)
+
+    def _generators(self, pixels: torch.Tensor) -> Optional[List[torch.Generator]]:
+        """'random' in eval: one generator per sample of `pixels`, seeded by `random_seed` and its pixels
+        (`compress_tokens.pixel_generators` says why); None otherwise (training draws afresh)."""
+        if self.config.pooling != "random" or self.training:
+            return None
+        return pixel_generators(pixels, self.config.random_seed)
+
+    def _check_video_features_usable(self, video_features) -> None:
+        if video_features is not None and self.config.pooling in TOWER_ATTENTION_MODES:
+            raise ValueError(f"pooling {self.config.pooling!r} reads the vision tower's [CLS] attention and keys, which "
+                             "video_features do not hold: pass the pixels alone")
 
     def video_tokens(self, pixel_values_videos: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None,
                      relevance: Optional[torch.Tensor] = None,
                      video_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
-        video, for 'prompt' pooling; or `relevance` (n, T, g, g) to pool by a given map (an oracle).
-        `video_features`: the videos' `video_features`, already computed."""
+        video, for 'prompt' pooling and 'topk' selection; or `relevance` (n, T, g, g) to pool or select
+        by a given map (an oracle). `video_features`: the videos' `video_features`, already computed
+        (not for 'dominant', which reads the tower's attention too)."""
+        mode = self.config.pooling
         inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
         g = self.patch_grid
-        self.video_geometry(T)  # a clear error for frames the pooling does not cover, before any compute
+        self.video_token_count(T)  # a clear error for frames the pooling does not cover, before any compute
+        self._check_video_features_usable(video_features)
         if relevance is not None:
+            if mode not in PROMPT_MODES:  # it would be ignored without a word
+                raise ValueError(f"a relevance map weights pooling 'prompt' and ranks 'topk' only; "
+                                 f"this model pools {mode!r}")
             inputs.check_relevance(relevance, n, T, g, self.config.check_finite)
         elif prompt_embeds is not None and (prompt_embeds.ndim != 2 or prompt_embeds.shape[0] != n):
             raise ValueError(f"prompt_embeds must have shape (n, Dc) with n = {n} videos, got {tuple(prompt_embeds.shape)}")
-        elif self.config.pooling == "prompt" and prompt_embeds is None:
-            raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
-        patches = self._video_patches(pixel_values_videos, video_features)
-        if self.config.pooling == "prompt" and relevance is None:
+        elif mode in PROMPT_MODES and prompt_embeds is None:
+            raise ValueError(f"pooling {mode!r} needs clip_input_ids (the CLIP prompt of each sample)")
+        cls_attention = keys = None
+        if mode in TOWER_ATTENTION_MODES:
+            patches, cls_attention, keys = self._patch_features(pixel_values_videos.flatten(0, 1), attention=True)
+            patches, cls_attention, keys = (t.reshape(n, T * g * g, *t.shape[2:])  # frames back into their videos
+                                            for t in (patches, cls_attention, keys))
+        else:
+            patches = self._video_patches(pixel_values_videos, video_features)
+        if mode in PROMPT_MODES and relevance is None:
             relevance = prompt_relevance(self._patch_embeds(patches).view(n, T, g, g, -1), prompt_embeds,
                                          self.logit_scale, check_finite=self.config.check_finite)[1]
-        return self._tokens(patches, (T, g, g), relevance, "video")
+        guide = Guide(relevance, patches, cls_attention, keys, self._generators(pixel_values_videos))
+        return self._tokens(patches, (T, g, g), guide, "video")
 
     def image_tokens(self, pixel_values: torch.Tensor, image_sizes, image_crops: Sequence[int],
                      prompt_embeds: Optional[torch.Tensor] = None) -> List[torch.Tensor]:
         """Images in LLaVA-NeXT's layout, (n, max_crops, 3, S, S) -> a list of (tokens_i, D)."""
-        g = self.patch_grid
+        g, mode = self.patch_grid, self.config.pooling
         crops = torch.cat([p[:c] for p, c in zip(pixel_values, image_crops)])
-        patches = self._patch_features(crops)  # (sum crops, g*g, Dv)
+        cls_attention = keys = None
+        if mode in TOWER_ATTENTION_MODES:
+            patches, cls_attention, keys = self._patch_features(crops, attention=True)
+        else:
+            patches = self._patch_features(crops)  # (sum crops, g*g, Dv)
         out, start = [], 0
         crop_grid = self.layout.image_crop_grid()
         for i, (size, c) in enumerate(zip(image_sizes, image_crops)):
             x = patches[start : start + c].reshape(1, c * g * g, -1)
+            mine = slice(start, start + c)
             start += c
             relevance = None
-            if self.config.pooling == "prompt":
+            if mode in PROMPT_MODES:
                 if prompt_embeds is None:
-                    raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
+                    raise ValueError(f"pooling {mode!r} needs clip_input_ids (the CLIP prompt of each sample)")
                 relevance = prompt_relevance(self._patch_embeds(x).view(1, c, g, g, -1), prompt_embeds[i : i + 1],
                                              self.logit_scale, check_finite=self.config.check_finite)[1]
-            tokens = self._tokens(x, (c, g, g), relevance, "image")[0]  # (c * crop_grid^2, D)
+            guide = Guide(relevance, x, None if cls_attention is None else cls_attention[mine].reshape(1, -1),
+                          None if keys is None else keys[mine].reshape(1, c * g * g, -1), self._generators(crops[mine]))
+            tokens = self._tokens(x, (c, g, g), guide, "image")[0]  # (c * crop_grid^2, D)
             out.append(anyres.pack_image_tokens(tokens.view(c, crop_grid * crop_grid, -1), crop_grid, size,
                                                 self.config.image_grid_pinpoints, self.vision_config.image_size,
                                                 self.image_newline))
@@ -306,16 +371,17 @@ class PPLLaVA(nn.Module):
             inputs.check_images(pixel_values, image_sizes, image_crops, size)
         if pixel_values_videos is not None:
             inputs.check_pixels(pixel_values_videos, "pixel_values_videos", size, "T")
-            self.video_geometry(pixel_values_videos.shape[1])  # frames the pooling does not cover
+            self.video_token_count(pixel_values_videos.shape[1])  # frames the pooling does not cover
             if video_relevance is not None:
                 inputs.check_relevance(video_relevance, *pixel_values_videos.shape[:2], self.patch_grid, cfg.check_finite)
         elif video_relevance is not None:
             raise ValueError("video_relevance was given without pixel_values_videos")
-        if video_relevance is not None and cfg.pooling != "prompt":  # it would be ignored without a word
-            raise ValueError(f"video_relevance weights pooling 'prompt' only; this model pools {cfg.pooling!r}")
+        if video_relevance is not None and cfg.pooling not in PROMPT_MODES:  # it would be ignored without a word
+            raise ValueError(f"video_relevance weights pooling 'prompt' and ranks 'topk' only; this model pools "
+                             f"{cfg.pooling!r}")
         needs_prompt = pixel_values is not None or (pixel_values_videos is not None and video_relevance is None)
-        if cfg.pooling == "prompt" and needs_prompt and clip_input_ids is None:
-            raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each sample)")
+        if cfg.pooling in PROMPT_MODES and needs_prompt and clip_input_ids is None:
+            raise ValueError(f"pooling {cfg.pooling!r} needs clip_input_ids (the CLIP prompt of each sample)")
 
     def embed_inputs(self, input_ids: torch.Tensor, *, pixel_values: Optional[torch.Tensor] = None,
                      image_sizes=None, image_crops: Optional[Sequence[int]] = None,
@@ -328,10 +394,11 @@ class PPLLaVA(nn.Module):
                           video_relevance)
         if video_features is not None and pixel_values_videos is None:
             raise ValueError("video_features were given without pixel_values_videos (the videos they came from)")
+        self._check_video_features_usable(video_features)
         embeds = self.language_model.get_input_embeddings()(input_ids)
         image_mask, video_mask = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
         prompts = None
-        if cfg.pooling == "prompt" and clip_input_ids is not None and (pixel_values is not None or pixel_values_videos is not None):
+        if cfg.pooling in PROMPT_MODES and clip_input_ids is not None and (pixel_values is not None or pixel_values_videos is not None):
             prompts = self.encode_prompts(clip_input_ids)
         if pixel_values is not None:
             if image_sizes is None:

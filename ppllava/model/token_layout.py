@@ -1,5 +1,9 @@
 """How many visual tokens each medium becomes under a config: shared by the model (which checks
-the counts) and the data processing (which expands the placeholders), with no model built."""
+the counts) and the data processing (which expands the placeholders), with no model built.
+
+The pooling modes lay their tokens out on a grid (T', H', W'); the selection and merging modes
+(`COMPRESSION_MODES`: topk, random, merge, dominant) keep a budget of tokens in time order and have
+no grid, so for them `video_geometry` refuses and `video_token_count` is the budget."""
 from __future__ import annotations
 
 import math
@@ -7,7 +11,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ppllava.config import PPLLaVAConfig
 from ppllava.model import anyres
-from ppllava.ops import window_geometry
+from ppllava.ops import COMPRESSION_MODES, window_geometry
 
 
 class TokenLayout:
@@ -22,13 +26,18 @@ class TokenLayout:
         if cfg.pooling == "adaptive":
             return dict(output_size=cfg.video_output_size)
         if cfg.pooling == "prompt":  # output size, when given, wins over the kernel
-            return dict(output_size=cfg.video_output_size, stride=cfg.video_stride,
-                        kernel=None if cfg.video_output_size is not None else cfg.video_kernel)
+            return cfg.prompt_pool_geometry()
         return {}
 
     def video_geometry(self, num_frames: int) -> Tuple[int, int, int]:
-        """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling."""
+        """Pooled (T', H', W') of a video of `num_frames` frames under the configured pooling. The
+        selection and merging modes have no grid: a ValueError says so (their count is
+        `video_token_count`); a grid made up for them, e.g. (1, 1, budget), would let a caller lay
+        tokens out in a shape they do not have."""
         cfg, g = self.config, self.patch_grid
+        if cfg.pooling in COMPRESSION_MODES:
+            raise ValueError(f"pooling {cfg.pooling!r} selects or merges tokens and lays them out on no (T', H', W') "
+                             "grid; video_token_count gives how many")
         grid = (num_frames, g, g)
         try:
             if cfg.pooling == "none":
@@ -42,10 +51,23 @@ class TokenLayout:
             raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
 
     def video_token_count(self, num_frames: int) -> int:
+        """Visual tokens of a video of `num_frames` frames; a ValueError, before any compute, for a video
+        the configured pooling cannot make (uncovered frames, a budget larger than the video)."""
+        cfg = self.config
+        if cfg.pooling in COMPRESSION_MODES:
+            try:
+                return cfg.video_budget(num_frames)
+            except ValueError as err:
+                raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
         return math.prod(self.video_geometry(num_frames))
 
     def image_crop_grid(self) -> int:
-        """Side of each image crop's pooled feature map."""
+        """Side of each image crop's pooled feature map. Every mode but `none` makes each crop as many
+        tokens as the image kernel's prompt pooling does (floor mode): the selection and merging modes
+        keep `image_crop_grid() ** 2` tokens of each crop, so an image's token count is the same in every
+        mode but `none`. LLaVA-NeXT's packing (newline tokens, unpadding to the aspect ratio) then reads
+        them, in time-then-raster order, as that square: for kept or merged tokens its rows are not rows of
+        the image, and unpadding drops whichever tokens fall in the cut rows or columns."""
         g = self.patch_grid
         if self.config.pooling == "none":
             return g

@@ -23,6 +23,11 @@ import torch.nn.functional as F
 from ppllava.ops.checks import check_finite as _check_finite
 from ppllava.ops.geometry import _as_int, as_triple
 
+# The `PPLLaVAConfig.pooling` names of these methods (the model dispatches them in
+# ppllava/model/compress_tokens.py). "fastv" is not among them yet: it prunes inside the LLM, during
+# prefill, and joins when the LLM side is wired.
+COMPRESSION_MODES = ("topk", "random", "merge", "dominant")
+
 
 class Compressed(NamedTuple):
     """What every compression method returns.

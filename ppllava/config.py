@@ -16,7 +16,7 @@ from typing import Any, Dict, Optional, Tuple, Union
 import yaml
 
 from ppllava.ops.clip_context import EXTENSION_INITS
-from ppllava.ops.compression import COMPRESSION_MODES
+from ppllava.ops.compression import COMPRESSION_MODES, LLM_PRUNING_MODES
 from ppllava.ops.geometry import window_geometry
 from ppllava.ops.pooling import POOLING_MODES, WEIGHTINGS
 from ppllava.validation import check_fields, read_yaml_mapping
@@ -31,7 +31,7 @@ def visionzip_contextual(budget: int) -> int:
 
 CHOICES = {
     "llm_family": ("llama", "qwen2"),
-    "pooling": POOLING_MODES + COMPRESSION_MODES,  # "fastv" joins when it is wired inside the LLM
+    "pooling": POOLING_MODES + COMPRESSION_MODES + LLM_PRUNING_MODES,
     "weighting": WEIGHTINGS,
     "clip_prompt": ("question", "conversation"),
     "pool_position": ("after_projector", "before_projector"),
@@ -86,7 +86,7 @@ class PPLLaVAConfig:
 
     # --- media and pooling ----------------------------------------------------------------
     num_frames: int = 8
-    pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt | topk | random | merge | dominant
+    pooling: str = "prompt"  # none | temporal_mean | adaptive | spatial | prompt | topk | random | merge | dominant | fastv
     video_kernel: Tuple[int, int, int] = (2, 2, 2)  # (T, H, W); stride = kernel unless set
     video_stride: Optional[Tuple[int, int, int]] = None
     video_output_size: Optional[Tuple[int, int, int]] = None  # for adaptive, or instead of kernel
@@ -97,6 +97,8 @@ class PPLLaVAConfig:
     pool_position: str = "after_projector"  # after_projector (released code) | before_projector
     # The selection and merging modes (topk, random, merge, dominant; DESIGN.md section 5) keep a budget, not a grid.
     video_token_budget: Optional[int] = None  # tokens per video; None: prompt pooling's count (the equal budget)
+    # fastv: every video token enters the LLM; layers fastv_layer.. keep the budget (1 <= fastv_layer < llm_layers).
+    fastv_layer: int = 2  # K: FastV's "an image is worth 1/2 tokens after layer 2"
     contextual_tokens: Optional[int] = None  # dominant: merged tokens of the budget; None: VisionZip's budget * 10 // 64
     random_seed: int = 0  # random, in eval: seeds each video's draw with its pixels (ppllava/model/compress_tokens.py)
     image_grid_pinpoints: Tuple[Tuple[int, int], ...] = ((64, 64), (64, 128), (128, 64), (128, 128))
@@ -171,7 +173,13 @@ class PPLLaVAConfig:
         if self.contextual_tokens is not None and self.contextual_tokens < 0:
             raise ValueError(f"PPLLaVAConfig.contextual_tokens must be >= 0 (or None: VisionZip's ratio), "
                              f"got {self.contextual_tokens}")
-        if self.pooling in COMPRESSION_MODES:  # the budget must fit the configured video
+        if self.fastv_layer < 1:
+            raise ValueError(f"PPLLaVAConfig.fastv_layer must be >= 1 (layers 0..K-1 read every video token), "
+                             f"got {self.fastv_layer}")
+        if self.pooling in LLM_PRUNING_MODES and self.fastv_layer >= self.llm_layers:
+            raise ValueError(f"PPLLaVAConfig.fastv_layer {self.fastv_layer} must be below llm_layers {self.llm_layers}: "
+                             "pooling 'fastv' prunes before layer fastv_layer (0-indexed) of the LLM")
+        if self.pooling in COMPRESSION_MODES + LLM_PRUNING_MODES:  # the budget must fit the configured video
             try:
                 self.video_budget(self.num_frames)
             except ValueError as err:
@@ -198,7 +206,8 @@ class PPLLaVAConfig:
                     kernel=None if self.video_output_size is not None else self.video_kernel)
 
     def video_budget(self, num_frames: int) -> int:
-        """Tokens a selection or merging mode makes of a video of `num_frames` frames: `video_token_budget`,
+        """Tokens a selection or merging mode makes of a video of `num_frames` frames (under 'fastv', the
+        tokens the LLM keeps from layer `fastv_layer` on): `video_token_budget`,
         or (None) what prompt pooling makes of the same video with this config's windows, so that every
         method meets the others at an equal budget (issue #16). A ValueError names the frames and tokens
         of a video the budget exceeds, or the axis prompt's windows leave uncovered; for 'dominant', a

@@ -24,15 +24,20 @@ def describe(config: PPLLaVAConfig) -> Dict[str, object]:
              if isinstance(getattr(model, name), torch.nn.Module) else getattr(model, name).numel()
              for name in PPLLaVA.PARTS}
     side = config.image_size
+    frames = config.num_frames
+    tokens = {
+        f"video, {frames} frames": model.video_token_count(frames),
+        f"video, {frames} frames, no pooling": frames * model.patch_grid ** 2,
+        f"image {side}x{side}, single crop": model.image_token_count((side, side), 1),
+        f"image {side}x{2 * side}, any-resolution": model.image_token_count((side, 2 * side)),
+    }
+    if model.pruned_video_token_count(frames) != model.video_token_count(frames):  # fastv
+        tokens[f"video, {frames} frames, after LLM layer {config.fastv_layer}"] = \
+            model.pruned_video_token_count(frames)
     return {
         "parameters": {**parts, "total": sum(p.numel() for p in model.parameters())},
         "patch_grid": model.patch_grid,
-        "visual_tokens": {
-            f"video, {config.num_frames} frames": model.video_token_count(config.num_frames),
-            f"video, {config.num_frames} frames, no pooling": config.num_frames * model.patch_grid ** 2,
-            f"image {side}x{side}, single crop": model.image_token_count((side, side), 1),
-            f"image {side}x{2 * side}, any-resolution": model.image_token_count((side, 2 * side)),
-        },
+        "visual_tokens": tokens,
     }
 
 

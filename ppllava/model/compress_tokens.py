@@ -10,7 +10,7 @@ Each keeps exactly its budget (`TokenLayout.video_token_count`; an image crop: t
 count), outputs in time order (the ops guarantee it). A video's frames share one budget in every mode:
 dominant ranks all its patches by their own frame's [CLS] attention (each frame's row sums to 1, so
 the scores compare across frames as shares of attention), where VisionZip's public code compresses
-each image on its own. "fastv" prunes inside the LLM, during prefill, and is wired there, not here.
+each image on its own. "fastv" prunes inside the LLM, during prefill: ppllava/model/fastv.py.
 """
 from __future__ import annotations
 

@@ -7,8 +7,10 @@
 
 Media placeholders in `input_ids` are already expanded, one `image_token_id` / `video_token_id`
 per visual token (`image_token_count` / `video_token_count` say how many); the model checks the
-counts. The module names follow LLaVA-NeXT (`vision_tower`, `projector` = its
-`multi_modal_projector`, `image_newline`, `language_model`), so its checkpoints load directly.
+counts. Under pooling "fastv" every video token enters the LLM and its layers from `fastv_layer` on
+keep `pruned_video_token_count` of them (ppllava/model/fastv.py). The module names follow LLaVA-NeXT
+(`vision_tower`, `projector` = its `multi_modal_projector`, `image_newline`, `language_model`), so its
+checkpoints load directly.
 Constructors never read files: see `ppllava.model.loading`.
 """
 from __future__ import annotations
@@ -25,13 +27,13 @@ from transformers import AutoModelForCausalLM, CLIPTextModel, CLIPVisionModel
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ppllava.config import PPLLaVAConfig
-from ppllava.model import anyres, inputs
+from ppllava.model import anyres, fastv, inputs
 from ppllava.model.compress_tokens import (PROMPT_MODES, TOWER_ATTENTION_MODES, Guide, compress, compress_crops,
                                            pixel_generators, tower_attention)
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
 from ppllava.model.token_layout import TokenLayout
-from ppllava.ops import (COMPRESSION_MODES, check_finite, extend_clip_text_context, pool_visual_tokens,
-                         prompt_guided_pool3d, prompt_relevance)
+from ppllava.ops import (COMPRESSION_MODES, LLM_PRUNING_MODES, check_finite, extend_clip_text_context,
+                         pool_visual_tokens, prompt_guided_pool3d, prompt_relevance)
 
 
 class Projector(nn.Module):
@@ -101,6 +103,9 @@ class PPLLaVA(nn.Module):
 
     def video_token_count(self, num_frames: int) -> int:
         return self.layout.video_token_count(num_frames)
+
+    def pruned_video_token_count(self, num_frames: int) -> int:
+        return self.layout.pruned_video_token_count(num_frames)
 
     def image_crops(self, image_size) -> int:
         return self.layout.image_crops(image_size)
@@ -238,7 +243,8 @@ class PPLLaVA(nn.Module):
         """(n, N, D) tokens over `grid` -> (n, N', D) by the configured mode; `guide` holds what it reads
         (the relevance of 'prompt' and 'topk'; see `compress_tokens.Guide`)."""
         cfg, relevance = self.config, guide.relevance
-        if cfg.pooling in COMPRESSION_MODES:
+        mode = "none" if cfg.pooling in LLM_PRUNING_MODES else cfg.pooling  # fastv prunes inside the LLM
+        if mode in COMPRESSION_MODES:
             if media == "image":  # each crop to the image kernel's count, as the pooling modes make it
                 return compress_crops(x, grid[0], grid[1], cfg.pooling, self.layout.image_crop_grid() ** 2, guide,
                                       check_finite=cfg.check_finite)
@@ -246,7 +252,7 @@ class PPLLaVA(nn.Module):
             return compress(x, grid, cfg.pooling, budget, guide, contextual=cfg.contextual_count(budget),
                             check_finite=cfg.check_finite)
         if media == "image":  # crops on the T axis; every mode but 'none' pools each crop with the image kernel
-            if cfg.pooling == "none":
+            if mode == "none":
                 if cfg.check_finite:
                     check_finite(x, "image visual tokens")
                 return x
@@ -255,7 +261,7 @@ class PPLLaVA(nn.Module):
             # does (issue #13); TokenLayout.image_crop_grid counts the same.
             return prompt_guided_pool3d(x, weights, grid, kernel=cfg.image_kernel, temperature=cfg.pool_temperature,
                                         weighting=cfg.weighting, remainder="drop", check_finite=cfg.check_finite)[0]
-        return pool_visual_tokens(x, grid, cfg.pooling, relevance=relevance, temperature=cfg.pool_temperature,
+        return pool_visual_tokens(x, grid, mode, relevance=relevance, temperature=cfg.pool_temperature,
                                   weighting=cfg.weighting, check_finite=cfg.check_finite,
                                   **self.layout.video_pool_geometry())[0]
 
@@ -431,21 +437,43 @@ class PPLLaVA(nn.Module):
         if labels is not None:
             visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
             labels = labels.masked_fill(visual, -100)
+        plan = self._fastv_plan(input_ids, attention_mask, labels, pixel_values_videos)
+        if plan is not None:  # logits stay (B, L, V); `kept` says which positions the layers from K held
+            return fastv.causal_lm_forward(self.language_model, plan, embeds, attention_mask, labels, **lm_kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
+
+    def _fastv_plan(self, input_ids, attention_mask, labels, pixel_values_videos) -> Optional[fastv.Plan]:
+        """Under pooling 'fastv', with videos: what the LLM's prefill prunes by (`fastv.make_plan`); else None
+        (a batch without videos runs the LLM as 'none' does)."""
+        cfg = self.config
+        if cfg.pooling not in LLM_PRUNING_MODES or pixel_values_videos is None:
+            return None
+        frames = pixel_values_videos.shape[1]
+        return fastv.make_plan(input_ids, cfg.video_token_id, attention_mask, labels, self.video_token_count(frames),
+                               self.pruned_video_token_count(frames), cfg.fastv_layer)
 
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, pixel_values=None,
                  image_sizes=None, image_crops=None, pixel_values_videos=None, clip_input_ids=None,
                  video_relevance=None, video_features=None, **generate_kwargs) -> torch.Tensor:
         """New tokens only, (B, new): transformers' `generate` (KV cache, greedy or sampling, stopping
-        criteria) on the merged embeddings. Pad prompts on the left."""
+        criteria) on the merged embeddings. Pad prompts on the left. Under 'fastv' the LLM's decoder runs
+        the kit's pruned prefill and decoding steps for the call, its KV cache a `fastv.FastVCache`."""
+        if self.config.pooling in LLM_PRUNING_MODES and "cache" in generate_kwargs:
+            raise ValueError("pooling 'fastv' makes its own KV cache (a fastv.FastVCache); pass no cache")
         embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
                                    pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
                                    video_relevance=video_relevance, video_features=video_features)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)
-        return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        plan = self._fastv_plan(input_ids, attention_mask, None, pixel_values_videos)
+        if plan is None:
+            return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
+        cache = fastv.FastVCache(fastv.base_model(self.language_model).model.config, plan.layer)
+        with fastv.installed(self.language_model, plan):
+            return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, cache=cache,
+                                                **generate_kwargs)
 
     def gradient_checkpointing_enable(self, **kwargs) -> None:
         for module in (self.vision_tower, self.clip_text, self.language_model):

@@ -3,7 +3,13 @@ the counts) and the data processing (which expands the placeholders), with no mo
 
 The pooling modes lay their tokens out on a grid (T', H', W'); the selection and merging modes
 (`COMPRESSION_MODES`: topk, random, merge, dominant) keep a budget of tokens in time order and have
-no grid, so for them `video_geometry` refuses and `video_token_count` is the budget."""
+no grid, so for them `video_geometry` refuses and `video_token_count` is the budget.
+
+'fastv' (`LLM_PRUNING_MODES`) prunes inside the LLM: the input sequence holds every patch token, as
+under 'none' (the grid (T, g, g), `video_token_count` = T*g*g, what placeholders expand to), and
+`pruned_video_token_count` is what the LLM keeps of them from layer `fastv_layer` on (the budget).
+Images pass as under 'none': FastV prunes image tokens by the same rule, but the kit's fastv is a
+video method, compared with the others at a video budget (ppllava/model/fastv.py)."""
 from __future__ import annotations
 
 import math
@@ -11,7 +17,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from ppllava.config import PPLLaVAConfig
 from ppllava.model import anyres
-from ppllava.ops import COMPRESSION_MODES, window_geometry
+from ppllava.ops import COMPRESSION_MODES, LLM_PRUNING_MODES, window_geometry
 
 
 class TokenLayout:
@@ -40,7 +46,7 @@ class TokenLayout:
                              "grid; video_token_count gives how many")
         grid = (num_frames, g, g)
         try:
-            if cfg.pooling == "none":
+            if cfg.pooling in ("none",) + LLM_PRUNING_MODES:
                 return grid
             if cfg.pooling == "temporal_mean":
                 return (1, g, g)
@@ -51,25 +57,36 @@ class TokenLayout:
             raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
 
     def video_token_count(self, num_frames: int) -> int:
-        """Visual tokens of a video of `num_frames` frames; a ValueError, before any compute, for a video
-        the configured pooling cannot make (uncovered frames, a budget larger than the video)."""
+        """Visual tokens of a video of `num_frames` frames in the LLM's input (under 'fastv' all T*g*g; see
+        `pruned_video_token_count`); a ValueError, before any compute, for a video the configured pooling
+        cannot make (uncovered frames, a budget larger than the video)."""
         cfg = self.config
-        if cfg.pooling in COMPRESSION_MODES:
+        if cfg.pooling in COMPRESSION_MODES + LLM_PRUNING_MODES:
             try:
-                return cfg.video_budget(num_frames)
+                budget = cfg.video_budget(num_frames)
             except ValueError as err:
                 raise ValueError(f"a video of {num_frames} frames cannot be pooled as configured: {err}") from None
+            if cfg.pooling in COMPRESSION_MODES:
+                return budget
         return math.prod(self.video_geometry(num_frames))
 
+    def pruned_video_token_count(self, num_frames: int) -> int:
+        """Visual tokens of a video that the LLM's layers from `fastv_layer` on hold (and their KV cache):
+        the budget under 'fastv', which `video_token_count` tokens enter; under every other mode nothing
+        is pruned inside the LLM and it equals `video_token_count`."""
+        count = self.video_token_count(num_frames)  # its checks
+        return self.config.video_budget(num_frames) if self.config.pooling in LLM_PRUNING_MODES else count
+
     def image_crop_grid(self) -> int:
-        """Side of each image crop's pooled feature map. Every mode but `none` makes each crop as many
-        tokens as the image kernel's prompt pooling does (floor mode): the selection and merging modes
-        keep `image_crop_grid() ** 2` tokens of each crop, so an image's token count is the same in every
-        mode but `none`. LLaVA-NeXT's packing (newline tokens, unpadding to the aspect ratio) then reads
-        them, in time-then-raster order, as that square: for kept or merged tokens its rows are not rows of
-        the image, and unpadding drops whichever tokens fall in the cut rows or columns."""
+        """Side of each image crop's pooled feature map. Every mode but `none` (and `fastv`, whose images
+        pass as under `none`) makes each crop as many tokens as the image kernel's prompt pooling does
+        (floor mode): the selection and merging modes keep `image_crop_grid() ** 2` tokens of each crop, so
+        an image's token count is the same in every mode but those two. LLaVA-NeXT's packing (newline tokens,
+        unpadding to the aspect ratio) then reads them, in time-then-raster order, as that square: for kept or
+        merged tokens its rows are not rows of the image, and unpadding drops whichever tokens fall in the cut
+        rows or columns."""
         g = self.patch_grid
-        if self.config.pooling == "none":
+        if self.config.pooling in ("none",) + LLM_PRUNING_MODES:
             return g
         # Floor mode, as `PPLLaVA._pool` pools image crops (the reference's behaviour there).
         return window_geometry((1, g, g), kernel=self.config.image_kernel, remainder="drop")[0][1]

@@ -10,8 +10,10 @@ from ppllava.ops.clip_context import (
 from ppllava.ops.checks import check_finite
 from ppllava.ops.compression import (
     COMPRESSION_MODES,
+    LLM_PRUNING_MODES,
     Compressed,
     dominant_merge,
+    fastv_keep,
     fastv_select,
     first_inputs,
     frames,
@@ -32,9 +34,10 @@ from ppllava.ops.relevance import prompt_relevance
 from ppllava.ops.token_merging import tome_merge
 
 __all__ = [
-    "COMPRESSION_MODES", "ClipPromptTruncated", "Compressed", "ExtendedPositionEmbedding", "POOLING_MODES", "WEIGHTINGS",
+    "COMPRESSION_MODES", "ClipPromptTruncated", "Compressed", "ExtendedPositionEmbedding", "LLM_PRUNING_MODES",
+    "POOLING_MODES", "WEIGHTINGS",
     "adaptive_pool3d", "check_finite", "clip_context_length", "dominant_merge", "extend_clip_positions",
-    "extend_clip_text_context", "fastv_select", "first_inputs", "frames", "pool_visual_tokens",
+    "extend_clip_text_context", "fastv_keep", "fastv_select", "first_inputs", "frames", "pool_visual_tokens",
     "prompt_guided_pool3d", "prompt_relevance", "random_select", "sources", "tokenize_clip_prompts",
     "tome_merge", "topk_select", "window_geometry", "window_weights",
 ]

@@ -24,9 +24,11 @@ from ppllava.ops.checks import check_finite as _check_finite
 from ppllava.ops.geometry import _as_int, as_triple
 
 # The `PPLLaVAConfig.pooling` names of these methods (the model dispatches them in
-# ppllava/model/compress_tokens.py). "fastv" is not among them yet: it prunes inside the LLM, during
-# prefill, and joins when the LLM side is wired.
+# ppllava/model/compress_tokens.py), which compress a video before the LLM reads it.
 COMPRESSION_MODES = ("topk", "random", "merge", "dominant")
+# Pooling names of the methods that prune inside the LLM, during prefill: the LLM reads every visual token
+# and keeps the budget from one of its layers on (ppllava/model/fastv.py).
+LLM_PRUNING_MODES = ("fastv",)
 
 
 class Compressed(NamedTuple):
@@ -117,10 +119,15 @@ def _compress(x: torch.Tensor, assign: torch.Tensor, weight: torch.Tensor, n: in
     return Compressed(tokens[:, :n].to(x.dtype), members)
 
 
+def _top(scores: torch.Tensor, budget: int) -> torch.Tensor:
+    """(B, budget) long: the indices of the `budget` highest of scores (B, L), best first; ties go to the lower index."""
+    return torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices[:, :budget]
+
+
 def _keep_top(x: torch.Tensor, scores: torch.Tensor, budget: int) -> Compressed:
     """Keep the `budget` inputs of highest score (B, L); ties go to the lower index."""
     with torch.no_grad():
-        kept = torch.sort(scores, dim=1, descending=True, stable=True).indices[:, :budget]
+        kept = _top(scores, budget)
         assign = torch.full(scores.shape, -1, dtype=torch.long, device=x.device)
         assign.scatter_(1, kept.to(x.device), torch.arange(budget, device=x.device).expand_as(kept))
     return _compress(x, assign, torch.ones(assign.shape, device=x.device), budget)
@@ -176,11 +183,22 @@ def fastv_select(x: torch.Tensor, text_attention: torch.Tensor, budget: int, *,
     round(L * (1 - R)) tokens for a ratio R; here the budget is given directly. Ties go to the lower
     index (torch.topk's are unspecified). Only the selection: pruning the hidden states inside the
     LLM during prefill (keeping the kept tokens' original position ids, as FastV does) and a KV cache
-    that holds only them for generation are wired in the model, not here.
+    that holds only them for generation live in ppllava/model/fastv.py, which ranks by `fastv_keep`,
+    this rule without the tokens.
     """
     _check_x(x, check_finite)
     text_attention = _check_per_token(text_attention, "text_attention", x, check_finite)
     return _keep_top(x, text_attention, _check_budget(budget, x.shape[1]))
+
+
+def fastv_keep(text_attention: torch.Tensor, budget: int) -> torch.Tensor:
+    """`fastv_select`'s rule as indices: text_attention (B, L) -> (B, budget) long, the kept inputs in
+    ascending (time) order; `first_inputs(fastv_select(x, text_attention, budget))` equals it. The model
+    prunes hidden states inside the LLM with it, where building `members` (B, budget, L) would cost
+    budget x L floats per video for nothing."""
+    if text_attention.ndim != 2:
+        raise ValueError(f"text_attention must have shape (B, L), got {tuple(text_attention.shape)}")
+    return _top(text_attention, _check_budget(budget, text_attention.shape[1])).sort(dim=1).values
 
 
 # --- dominant and contextual tokens -------------------------------------------------------------

@@ -18,6 +18,7 @@ from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.model import PPLLaVA, fastv
 from ppllava.model.token_layout import TokenLayout
 from ppllava.ops import fastv_keep, fastv_select, first_inputs
+from tests.batches import video_and_image_inputs
 
 TEXT = (1, 10, 11)  # before the video
 QUESTION = (12, 13, 14)  # after it: the last prompt token is text
@@ -80,11 +81,7 @@ def test_every_video_token_enters_and_the_budget_is_what_layers_from_k_keep(mode
 def test_the_processor_expands_every_video_token_and_images_pass_as_under_none(mode_of):
     model = mode_of(video_token_budget=24)
     processor = PPLLaVAProcessor(build_world_tokenizer(), model.config)
-    rng = np.random.default_rng(0)
-    frames, picture = rng.integers(0, 256, (8, 48, 80, 3), dtype=np.uint8), rng.integers(0, 256, (50, 120, 3), dtype=np.uint8)
-    texts = [processor.apply_chat_template([{"from": "human", "value": f"{p}\nwhat colour is the star ?"}])
-             for p in ("<video>", "<image>")]
-    inputs = processor(texts, images=[picture], videos=[frames])
+    inputs = video_and_image_inputs(processor)
     ids = inputs["input_ids"]
     assert int((ids[0] == model.config.video_token_id).sum()) == model.video_token_count(8) == 128
     assert model.pruned_video_token_count(8) == 24

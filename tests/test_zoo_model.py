@@ -16,6 +16,7 @@ from ppllava.model import PPLLaVA, load_pretrained
 from ppllava.model.feature_cache import FrozenFeatureCache
 from ppllava.model.token_layout import TokenLayout
 from ppllava.ops import COMPRESSION_MODES, dominant_merge, tokenize_clip_prompts, tome_merge, topk_select
+from tests.batches import video_and_image_inputs
 
 TOKENIZER = open_clip.get_tokenizer("ViT-B-32")
 
@@ -85,11 +86,7 @@ def test_placeholders_are_the_models_token_counts_and_images_keep_prompts_count(
     prompt_counts = [TokenLayout(model.config).image_token_count(size, c) for size, c in (((50, 120), None), ((64, 64), 1))]
     model = mode_of(mode, video_token_budget=24)
     processor = PPLLaVAProcessor(build_world_tokenizer(), model.config)
-    rng = np.random.default_rng(0)
-    frames, picture = rng.integers(0, 256, (8, 48, 80, 3), dtype=np.uint8), rng.integers(0, 256, (50, 120, 3), dtype=np.uint8)
-    texts = [processor.apply_chat_template([{"from": "human", "value": f"{p}\nwhat colour is the star ?"}])
-             for p in ("<video>", "<image>")]
-    inputs = processor(texts, images=[picture], videos=[frames])
+    inputs = video_and_image_inputs(processor)
     ids = inputs["input_ids"]
     assert int((ids[0] == model.config.video_token_id).sum()) == model.video_token_count(8) == 24
     assert int((ids[1] == model.config.image_token_id).sum()) == model.image_token_count((50, 120)) == prompt_counts[0]

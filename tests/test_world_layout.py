@@ -74,6 +74,20 @@ def test_free_motion_crosses_at_least_a_patch_in_every_direction_and_some_object
     assert directions == set(DIRECTIONS) and later > 0
 
 
+@pytest.mark.parametrize("num_frames", [4, 8, 16])
+def test_free_objects_that_appear_later_miss_at_least_the_first_quarter_of_the_clip(num_frames):
+    """A late object is absent from frames [0, ceil(T/4)) and present from T/2 on: at 8 frames it is
+    in neither of the first two frames, which prompt pooling's temporal kernel 2 mixes into one token."""
+    appears = []
+    for scene in free_scenes(40, frames=num_frames):
+        _, masks = render(scene)  # (T, K, S, S): what each object shows in each frame
+        for k, obj in enumerate(scene.objects):
+            if obj.appear > 0:
+                appears.append(obj.appear)
+                assert not masks[:obj.appear, k].any() and masks[obj.appear, k].any()
+    assert appears and min(appears) == -(-num_frames // 4) and max(appears) == num_frames // 2
+
+
 def test_free_masks_are_what_is_visible_and_every_object_keeps_most_of_itself():
     occluded = 0
     for scene in free_scenes(40):

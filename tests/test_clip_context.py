@@ -212,3 +212,33 @@ def test_questions_as_clip_prompts_make_positives_of_what_they_ask_about():
     assert batch["positives"].tolist() == [[True, False, False], [True, True, True], [False, False, True]]
     with pytest.raises(ValueError, match="questions"):
         ClipPairCollator(77, questions=-0.1)
+
+
+def test_prompts_that_say_where_make_positives_only_of_pictures_with_the_object_there():
+    from ppllava.data.clip_pairs import ClipPairCollator, object_regions, region
+
+    assert [region(x, y, 64) for x, y in ((5, 5), (32, 32), (60, 40), (0, 63.9))] == [
+        "top left", "middle centre", "middle right", "bottom left"]
+    record = {"scene": {"size": 64, "num_frames": 8, "objects": [
+        {"shape": "star", "colour": "red", "radius": 8.0, "start": [10.0, 10.0], "velocity": [6.0, 0.0], "appear": 0, "vanish": 8},
+        {"shape": "circle", "colour": "blue", "radius": 8.0, "start": [50.0, 50.0], "velocity": [0.0, 0.0], "appear": 4, "vanish": 8}]}}
+    assert object_regions(record, 0) == {"red star": "top left"}  # the circle is not there yet
+    assert object_regions(record, 7) == {"red star": "top right", "blue circle": "bottom right"}  # 10 + 6 * 7 = 52
+    assert object_regions({"objects": ["red star"]}, 0) == {}  # a record without a scene says nothing of where
+    text, match = ClipPairCollator(77, positions=1.0)._describe("red star", None, {"red star": "top left"})
+    assert text == "a red star at the top left"
+    assert [match(*o) for o in (("red star", "top left"), ("red star", "top right"), ("blue star", "top left"))] == [
+        True, False, False]
+    item = lambda name, regions: {"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool),  # noqa: E731
+                                  "object_mask": torch.zeros(2, 2, dtype=torch.bool), "name": name,
+                                  "objects": list(regions), "regions": regions}
+    items = [item("red star", {"red star": "top left"}), item("red star", {"red star": "bottom right"}),
+             item("blue circle", {"blue circle": "top left", "red star": "top left"})]
+    positives = ClipPairCollator(77, positions=1.0)(items)["positives"]
+    # "a red star at the top left" fits pictures 0 and 2, not 1, where the red star is bottom right.
+    assert positives.tolist() == [[True, False, False], [False, True, False], [True, False, True]]
+    assert torch.equal(ClipPairCollator(77)(items)["positives"][:2, :2], torch.ones(2, 2, dtype=torch.bool))
+    with pytest.raises(ValueError, match="'red star' has no region"):  # never a silent fall-back to the bare name
+        ClipPairCollator(77, positions=1.0)._describe("red star", None, {})
+    with pytest.raises(ValueError, match="positions"):
+        ClipPairCollator(77, positions=-0.1)

@@ -164,10 +164,11 @@ class ClipPairsDataModule(L.LightningDataModule):
     """CLIP post-pretraining pairs from `{split}.json` records that name a target."""
 
     def __init__(self, root, config: PPLLaVAConfig, *, batch_size: int = 128, reader: str = "decord", num_workers: int = 0,
-                 filler: Sequence[int] = (0, 0), seed: int = 0, partial: float = 0.0, questions: float = 0.0):
+                 filler: Sequence[int] = (0, 0), seed: int = 0, partial: float = 0.0, questions: float = 0.0,
+                 positions: float = 0.0):
         super().__init__()
         # Training prompts only; validation names every object in full.
-        self.partial, self.questions = partial, questions
+        self.partial, self.questions, self.positions = partial, questions, positions
         self.root, self.config, self.batch_size, self.reader, self.num_workers = Path(root), config, batch_size, reader, num_workers
         self.filler, self.seed = tuple(filler), seed
         self.datasets: Dict[str, ClipPairDataset] = {}
@@ -183,7 +184,8 @@ class ClipPairsDataModule(L.LightningDataModule):
                           collate_fn=ClipPairCollator(self.config.text_context_length, filler=self.filler,
                                                       seed=self.seed + (0 if shuffle else 1),
                                                       partial=self.partial if shuffle else 0.0,
-                                                      questions=self.questions if shuffle else 0.0), drop_last=shuffle)
+                                                      questions=self.questions if shuffle else 0.0,
+                                                      positions=self.positions if shuffle else 0.0), drop_last=shuffle)
 
     def train_dataloader(self):
         return self._loader("train", True)

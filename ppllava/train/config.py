@@ -59,6 +59,7 @@ class TrainConfig:
     relevance: str = "model"  # sft2: model (CLIP's map) | oracle (the world's object masks; needs boxes in the records)
     clip_partial: float = 0.0  # clip: share of prompts naming only the shape or only the colour, as questions do
     clip_questions: float = 0.0  # clip: share of prompts that are the record's own question (the SFT-time CLIP prompt)
+    clip_positions: float = 0.0  # clip: share of full-name prompts that say where the object is ("at the top left")
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
@@ -104,7 +105,7 @@ class TrainConfig:
         if self.label_smoothing and self.dpo_loss != "sigmoid":
             raise ValueError(f"TrainConfig.label_smoothing {self.label_smoothing} applies to dpo_loss 'sigmoid' only, "
                              f"got dpo_loss {self.dpo_loss!r}")
-        for name in ("clip_questions", "clip_partial"):
+        for name in ("clip_questions", "clip_partial", "clip_positions"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:

@@ -49,7 +49,7 @@ def build_data(cfg: TrainConfig, config: PPLLaVAConfig, train_pairs: Optional[Pa
     if cfg.stage == "clip":
         return ClipPairsDataModule(cfg.data, config, batch_size=cfg.batch_size, num_workers=cfg.num_workers,
                                    filler=cfg.clip_filler, seed=cfg.seed, partial=cfg.clip_partial,
-                                   questions=cfg.clip_questions)
+                                   questions=cfg.clip_questions, positions=cfg.clip_positions)
     if cfg.stage == "lm":  # text-only records: the in-context lookups a pretrained LLM brings
         return SFTDataModule(cfg.data, config, template=cfg.template, tasks=TEXT_TASKS, mix=None, **common)
     if cfg.stage == "sft1":  # projector alignment on captions, LLaVA's plain template

@@ -50,6 +50,25 @@ def check_03_pooling_ablations(m):
     assert budget == [4, 8, 16, 32, 64]
     for r in [*m["headline"].values(), *m["from_stage2"].values(), *m["ablations_inference_time"].values()]:
         assert 0 <= r["video"] <= 1 and 0 <= r["all"] <= 1 and r["answers_per_s"] > 0
+    # The compression zoo at 16 tokens: selection and merging keep 16; fastv reads 128 before layer K, 16 after.
+    zoo = m["zoo"]
+    free = ("topk", "random", "fastv", "merge", "dominant")
+    assert list(zoo) == ["prompt (trained)", "none (trained)", *(f"{k} (training-free)" for k in free),
+                         "merge (trained)", "dominant (trained)"]
+    for name, r in zoo.items():
+        assert r["training"] == ("trained" if name.endswith("(trained)") else "training_free") and name.startswith(r["method"])
+        assert r["model"] == ("sft1-none" if r["training"] == "training_free" else f"sft1-{r['method']}")
+        tokens = {"none": (128, 128), "fastv": (128, 16)}.get(r["method"], (16, 16))
+        assert (r["tokens"], r["tokens_kept"]) == tokens, name
+        text = r["prefill_tokens"] - r["tokens"]  # the video questions' text, the same in every row
+        assert text > 0 and r["prefill_tokens_kept"] - r["tokens_kept"] == pytest.approx(text)
+        assert text == pytest.approx(zoo["prompt (trained)"]["prefill_tokens"] - 16)
+        for key in ("all", "video", "colour", "shape", "direction", "order"):
+            assert r[key] is None or 0 <= r[key] <= 1, (name, key)
+        assert r["answers_per_s"] > 0 and r["video_counts"]["all"][1] > 0
+    assert zoo["fastv (training-free)"]["fastv_layer"] == 2 and "fastv_layer" not in zoo["topk (training-free)"]
+    for mode in ("prompt", "none"):  # section 1's rows, not scored again
+        assert zoo[f"{mode} (trained)"]["video"] == m["headline"][mode]["video"]
 
 
 def check_04_context_extension(m):

@@ -23,6 +23,22 @@ def test_accuracy_by_length_groups_by_the_records_frames():
     assert accuracy_by_length(results, records) == {16: 0.5, 64: 1.0}
 
 
+def test_pooling_variants_meet_at_prompt_poolings_budget():
+    """Every row of notebook 03 on the tiny preset's 8-frame clips: 16 tokens but `none` and `spatial`, the
+    zoo's trained rows (merge, dominant) included through the default video_token_budget."""
+    from ppllava.config import PPLLaVAConfig
+    from ppllava.model.token_layout import TokenLayout
+    from ppllava.train.recipe import POOLING_VARIANTS
+
+    tiny = PPLLaVAConfig.from_name("tiny")
+    tokens = {mode: TokenLayout(PPLLaVAConfig.from_dict({**tiny.to_dict(), **fields})).video_token_count(tiny.num_frames)
+              for mode, fields in POOLING_VARIANTS.items()}
+    assert tokens == {"prompt": 16, "oracle": 16, "none": 128, "temporal_mean": 16, "spatial": 32, "adaptive": 16,
+                      "merge": 16, "dominant": 16}
+    with pytest.raises(ValueError, match="no pooling variant 'topk'"):  # applied to the `none` model, not trained
+        Recipe("unused", smoke=True).pooling_variant("topk", "sft1")
+
+
 @pytest.fixture(scope="module")
 def smoke_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("recipe")

@@ -45,6 +45,11 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
     "temporal_mean": {"pooling": "temporal_mean"},  # (1, 4, 4): 16
     "spatial": {"pooling": "spatial"},  # (8, 2, 2): 32
     "adaptive": {"pooling": "adaptive", "video_output_size": [4, 2, 2]},  # 16
+    # The compression zoo's trained rows (issue #16): merging makes averages of tokens, which a `none` model
+    # never reads, so these train too. Selection (topk, random, fastv) keeps original tokens and is applied
+    # to the `none` model at inference only. video_token_budget None: prompt pooling's count, 16.
+    "merge": {"pooling": "merge"},  # ToMe / FrameFusion: 16 averages, neighbouring frames first
+    "dominant": {"pooling": "dominant"},  # VisionZip: 14 tokens kept by [CLS] attention + 2 contextual averages
 }
 VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples

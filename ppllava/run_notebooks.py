@@ -46,6 +46,7 @@ README_FIGURES = {
     "relevance_maps.png": "02_alignment/relevance_maps.png",
     "pooling_modes.png": "03_pooling_ablations/modes.png",
     "needle_curve.png": "07_long_video/needle_curve.png",
+    "zoo.png": "03_pooling_ablations/zoo.png",  # docs/results.md's compression zoo
 }
 README_FIGURE_WIDTH = 900  # px: small enough to commit, wide enough to read on GitHub
 

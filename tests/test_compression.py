@@ -5,6 +5,8 @@ import re
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
 from ppllava.ops import (dominant_merge, fastv_select, first_inputs, frames, random_select, sources, tome_merge,
                          topk_select)
@@ -279,3 +281,119 @@ def test_the_finite_check_can_be_switched_off():
     x = spoil(tokens(), float("nan"))
     c = topk_select(x, scores().view(2, *GRID), 3, check_finite=False)
     assert c.tokens.shape == (2, 3, 6)
+
+
+# --- tokens without members (members=False, what the model asks for) ------------------------------
+def ops_on(x, grid, n, **kw):
+    """Every method on x over `grid` with budget n, its side inputs drawn for that shape."""
+    B, L = x.shape[0], math.prod(grid)
+    return {
+        "topk": lambda: topk_select(x, scores(B, L, ties=True).view(B, *grid), n, **kw),
+        "random": lambda: random_select(x, n, torch.Generator().manual_seed(0), **kw),
+        "fastv": lambda: fastv_select(x, scores(B, L, seed=2), n, **kw),
+        "tome": lambda: tome_merge(x, grid, n, **kw),
+        "tome keys": lambda: tome_merge(x, grid, n, keys=tokens(B, grid, D=3, seed=5), **kw),
+        "dominant": lambda: dominant_merge(x, scores(B, L, seed=3, ties=True), n, n // 2, **kw),
+        "dominant keys": lambda: dominant_merge(x, scores(B, L, seed=4), n, n - 1, keys=tokens(B, grid, D=3, seed=6),
+                                                **kw),
+    }
+
+
+SHAPES = [(2, GRID, 6, 7), (1, (3, 2, 2), 5, 1), (3, (1, 3, 4), 4, 6), (2, (5, 1, 3), 8, 15), (2, (2, 2, 2), 3, 8)]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("method", list(METHODS))
+def test_tokens_without_members_are_the_same_bit_for_bit_and_so_are_their_gradients(method, shape, dtype):
+    """Bitwise for every method, the merges included: both paths run the one scatter-add over the same
+    (output, weight) pairs in the same order (CPU scatter_add is deterministic), members=True only builds
+    the members beside it. (On CUDA, scatter_add's atomics could reorder a merge's sum between any two
+    calls, with or without members.)"""
+    B, grid, D, budget = shape
+    x = tokens(B, grid, D, dtype=dtype).requires_grad_()
+    full, lean = ops_on(x, grid, budget)[method](), ops_on(x, grid, budget, members=False)[method]()
+    assert lean.members is None and full.members is not None
+    assert lean.tokens.shape == (B, budget, D) and lean.tokens.dtype == dtype
+    torch.testing.assert_close(lean.tokens, full.tokens, rtol=0, atol=0)
+    upstream = torch.randn(full.tokens.shape, generator=torch.Generator().manual_seed(9), dtype=torch.float64).to(dtype)
+    (grad_full,) = torch.autograd.grad(full.tokens, x, upstream)
+    (grad_lean,) = torch.autograd.grad(lean.tokens, x, upstream)
+    torch.testing.assert_close(grad_lean, grad_full, rtol=0, atol=0)
+    # and the gradient is still the members' transpose applied to the upstream gradient
+    acc = full.members.dtype
+    torch.testing.assert_close(grad_lean.to(acc), (full.members.transpose(1, 2) @ upstream.to(acc)).to(dtype).to(acc))
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_the_helpers_refuse_a_compressed_without_members_naming_them(method):
+    c = METHODS[method](tokens(), 5)
+    lean = c._replace(members=None)
+    assert first_inputs(c).shape == (2, 5)
+    for helper, call in [("first_inputs", first_inputs), ("sources", sources), ("frames", lambda c: frames(c, GRID))]:
+        with pytest.raises(ValueError, match=rf"{helper} reads Compressed.members, which is None here: .*members=True"):
+            call(lean)
+    lean = ops_on(tokens(), GRID, 5, members=False)[method]()  # what the method itself returns without them
+    assert lean.members is None
+    with pytest.raises(ValueError, match="frames reads Compressed.members"):
+        frames(lean, GRID)
+
+
+class LargestAllocation(TorchDispatchMode):
+    """The most bytes any single op's output holds in its storage (a view or an expand counts its storage)."""
+
+    def __init__(self):
+        super().__init__()
+        self.bytes = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_leaves(out):
+            if isinstance(t, torch.Tensor):
+                self.bytes = max(self.bytes, t.untyped_storage().nbytes())
+        return out
+
+
+# L = 64 inputs on (4, 4, 4), N = 48 outputs, D = 4: one sample's members are 48 * 64 float32, 12,288 bytes.
+# The largest other tensor an op makes is at most half that: VisionZip's similarities of its L - N joined
+# tokens to its contextual targets, (1, 16, 47) float64 at contextual N - 1 (6,016 bytes); ToMe's 16 x 16 per
+# frame pair; the float64 keys, 2 * 64 * 3. One sample's members, since the dispatch calls the seeded
+# random_select one sample at a time.
+LEAN_GRID, LEAN_BUDGET = (4, 4, 4), 48
+MEMBERS_BYTES = LEAN_BUDGET * math.prod(LEAN_GRID) * 4
+
+
+@pytest.mark.parametrize("method", list(METHODS))
+def test_without_members_no_op_allocates_budget_by_inputs(method):
+    x = tokens(B=1, grid=LEAN_GRID, D=4, dtype=torch.float32).requires_grad_()
+    for members in (True, False):
+        with LargestAllocation() as largest:
+            c = ops_on(x, LEAN_GRID, LEAN_BUDGET, members=members)[method]()
+        assert (largest.bytes >= MEMBERS_BYTES) == members, (members, largest.bytes)
+        assert c.tokens.requires_grad
+
+
+@pytest.mark.parametrize("mode", ["topk", "random", "random seeded", "merge", "dominant"])
+def test_the_models_dispatch_asks_for_tokens_only_and_gets_the_ops_tokens(mode):
+    """ppllava/model/compress_tokens.compress: the ops' tokens, bitwise, without a (n, budget, L) tensor."""
+    from ppllava.model.compress_tokens import Guide, compress
+
+    x, L = tokens(grid=LEAN_GRID, D=4, dtype=torch.float32), math.prod(LEAN_GRID)
+    relevance, attention = scores(2, L).view(2, *LEAN_GRID), scores(2, L, seed=3)
+    keys = tokens(grid=LEAN_GRID, D=3, seed=4)
+    seeded = lambda: [torch.Generator().manual_seed(i) for i in range(2)]  # noqa: E731
+    guide, want = {
+        "topk": (Guide(relevance=relevance), lambda: topk_select(x, relevance, LEAN_BUDGET).tokens),
+        "random": (Guide(), lambda: random_select(x, LEAN_BUDGET).tokens),
+        "random seeded": (Guide(generators=seeded()), lambda: torch.cat(
+            [random_select(x[i : i + 1], LEAN_BUDGET, g).tokens for i, g in enumerate(seeded())])),
+        "merge": (Guide(metric=keys), lambda: tome_merge(x, LEAN_GRID, LEAN_BUDGET, keys=keys).tokens),
+        "dominant": (Guide(cls_attention=attention, keys=keys),
+                     lambda: dominant_merge(x, attention, LEAN_BUDGET, 5, keys=keys).tokens),
+    }[mode]
+    torch.manual_seed(0)
+    with LargestAllocation() as largest:
+        got = compress(x, LEAN_GRID, mode.split()[0], LEAN_BUDGET, guide, contextual=5)
+    assert largest.bytes < MEMBERS_BYTES, largest.bytes
+    torch.manual_seed(0)
+    torch.testing.assert_close(got, want(), rtol=0, atol=0)

@@ -58,19 +58,20 @@ class Guide(NamedTuple):
 def compress(x: torch.Tensor, grid: Tuple[int, int, int], mode: str, budget: int, guide: Guide, *,
              contextual: int = 0, check_finite: bool = True) -> torch.Tensor:
     """x (n, T*H*W, D) over `grid` -> (n, budget, D) by the selection or merging `mode`; `contextual`
-    is dominant's merged share of the budget."""
+    is dominant's merged share of the budget. The ops are asked for tokens only (`members=False`): the
+    model never reads the (n, budget, T*H*W) weights, and the tokens are the same bit for bit."""
     if mode == "topk":
-        return topk_select(x, guide.relevance, budget, check_finite=check_finite).tokens
+        return topk_select(x, guide.relevance, budget, check_finite=check_finite, members=False).tokens
     if mode == "random":
         if guide.generators is None:  # training: a fresh draw each step, from torch's seeded global RNG
-            return random_select(x, budget, check_finite=check_finite).tokens
-        return torch.cat([random_select(x[i : i + 1], budget, gen, check_finite=check_finite).tokens
+            return random_select(x, budget, check_finite=check_finite, members=False).tokens
+        return torch.cat([random_select(x[i : i + 1], budget, gen, check_finite=check_finite, members=False).tokens
                           for i, gen in enumerate(guide.generators)])
     if mode == "merge":
-        return tome_merge(x, grid, budget, keys=guide.metric, check_finite=check_finite).tokens
+        return tome_merge(x, grid, budget, keys=guide.metric, check_finite=check_finite, members=False).tokens
     if mode == "dominant":
         return dominant_merge(x, guide.cls_attention, budget, contextual, keys=guide.keys,
-                              check_finite=check_finite).tokens
+                              check_finite=check_finite, members=False).tokens
     raise ValueError(f"no selection or merging mode {mode!r}")
 
 

@@ -11,7 +11,10 @@ Each output is a weighted sum of inputs and each input feeds at most one output,
 only says, per input, which output it feeds (or none) and with what weight; `_compress` builds
 tokens and members from that in one place. The choices (which tokens, which groups) are made
 without gradients, as in the reference code; tokens stay differentiable in x through the
-weights. Token merging (ToMe / FrameFusion) lives in `ppllava/ops/token_merging.py`.
+weights. Tokens come from those (output, weight) pairs by a scatter-add over the outputs, never
+from members, so `members=False` (what the model passes: ppllava/model/compress_tokens.py) returns
+the same tokens, bit for bit, without the (B, N, L) members, which at 1,024 outputs of 18,432
+inputs is 75 MB of float32 a video. Token merging (ToMe / FrameFusion) lives in `ppllava/ops/token_merging.py`.
 """
 from __future__ import annotations
 
@@ -35,29 +38,37 @@ class Compressed(NamedTuple):
     """What every compression method returns.
 
     tokens (`torch.FloatTensor` of shape `(B, N, D)`): the N = budget outputs, in the dtype of x.
-    members (`torch.FloatTensor` of shape `(B, N, L)`): tokens[b, n] = sum_l members[b, n, l] x[b, l];
+    members (`torch.FloatTensor` of shape `(B, N, L)`, or None): tokens[b, n] = sum_l members[b, n, l] x[b, l];
         float32 (float64 for float64 x); each row sums to 1 (one-hot for a kept token, the merge
-        weights for a merged one); a dropped input's column is zero.
+        weights for a merged one); a dropped input's column is zero. None when the method was called
+        with `members=False` (then `first_inputs`, `sources` and `frames` refuse the result).
     """
 
     tokens: torch.Tensor
-    members: torch.Tensor
+    members: Optional[torch.Tensor]
+
+
+def _members(c: Compressed, helper: str) -> torch.Tensor:
+    if c.members is None:
+        raise ValueError(f"{helper} reads Compressed.members, which is None here: call the method with "
+                         f"members=True (the default) to get them")
+    return c.members
 
 
 def first_inputs(c: Compressed) -> torch.Tensor:
     """(B, N) long: the lowest input index each output draws on (outputs ascend in it)."""
-    return (c.members != 0).to(torch.int32).argmax(-1)  # argmax returns the first maximum
+    return (_members(c, "first_inputs") != 0).to(torch.int32).argmax(-1)  # argmax returns the first maximum
 
 
 def sources(c: Compressed) -> List[List[List[int]]]:
     """sources(c)[b][n]: the input indices output n of sample b draws on, ascending."""
-    return [[row.nonzero().flatten().tolist() for row in sample] for sample in c.members]
+    return [[row.nonzero().flatten().tolist() for row in sample] for sample in _members(c, "sources")]
 
 
 def frames(c: Compressed, grid) -> torch.Tensor:
     """(B, N) long: the earliest frame each output draws on; input l lies in frame l // (H*W) of grid (T, H, W)."""
+    L = _members(c, "frames").shape[-1]
     T, H, W = as_triple(grid, "grid")
-    L = c.members.shape[-1]
     if T * H * W != L:
         raise ValueError(f"grid {(T, H, W)} holds T*H*W = {T * H * W} tokens but members has L = {L} inputs")
     return first_inputs(c) // (H * W)
@@ -100,9 +111,10 @@ def _check_keys(keys: Optional[torch.Tensor], x: torch.Tensor, check_finite: boo
 
 
 # --- the one builder ----------------------------------------------------------------------------
-def _compress(x: torch.Tensor, assign: torch.Tensor, weight: torch.Tensor, n: int) -> Compressed:
+def _compress(x: torch.Tensor, assign: torch.Tensor, weight: torch.Tensor, n: int, members: bool = True) -> Compressed:
     """assign (B, L) long: the output (0..n-1, any order) each input feeds, -1 for none; weight (B, L):
-    its weight there. Outputs are renumbered by first input index; tokens accumulate in float32."""
+    its weight there. Outputs are renumbered by first input index; tokens accumulate in float32 by a
+    scatter-add over the outputs, whether or not `members` (B, n, L) is built beside them."""
     B, L, D = x.shape
     acc = torch.promote_types(x.dtype, torch.float32)
     kept = assign >= 0
@@ -113,10 +125,12 @@ def _compress(x: torch.Tensor, assign: torch.Tensor, weight: torch.Tensor, n: in
     rank = torch.empty_like(first).scatter_(1, first.argsort(dim=1), torch.arange(n, device=x.device).expand(B, n))
     slot = torch.where(kept, rank.gather(1, assign.clamp_min(0)), n)
     w = torch.where(kept, weight.to(acc), 0.0)
-    members = x.new_zeros((B, n + 1, L), dtype=acc).scatter_(1, slot[:, None, :], w[:, None, :])[:, :n]
     weighted = w[..., None] * x.to(acc)  # (B, L, D): differentiable in x
     tokens = x.new_zeros((B, n + 1, D), dtype=acc).scatter_add(1, slot[..., None].expand(B, L, D), weighted)
-    return Compressed(tokens[:, :n].to(x.dtype), members)
+    if not members:
+        return Compressed(tokens[:, :n].to(x.dtype), None)
+    weights = x.new_zeros((B, n + 1, L), dtype=acc).scatter_(1, slot[:, None, :], w[:, None, :])[:, :n]
+    return Compressed(tokens[:, :n].to(x.dtype), weights)
 
 
 def _top(scores: torch.Tensor, budget: int) -> torch.Tensor:
@@ -124,17 +138,18 @@ def _top(scores: torch.Tensor, budget: int) -> torch.Tensor:
     return torch.sort(scores.detach(), dim=1, descending=True, stable=True).indices[:, :budget]
 
 
-def _keep_top(x: torch.Tensor, scores: torch.Tensor, budget: int) -> Compressed:
+def _keep_top(x: torch.Tensor, scores: torch.Tensor, budget: int, members: bool) -> Compressed:
     """Keep the `budget` inputs of highest score (B, L); ties go to the lower index."""
     with torch.no_grad():
         kept = _top(scores, budget)
         assign = torch.full(scores.shape, -1, dtype=torch.long, device=x.device)
         assign.scatter_(1, kept.to(x.device), torch.arange(budget, device=x.device).expand_as(kept))
-    return _compress(x, assign, torch.ones(assign.shape, device=x.device), budget)
+    return _compress(x, assign, torch.ones(assign.shape, device=x.device), budget, members)
 
 
 # --- selection ----------------------------------------------------------------------------------
-def topk_select(x: torch.Tensor, s: torch.Tensor, budget: int, *, check_finite: bool = True) -> Compressed:
+def topk_select(x: torch.Tensor, s: torch.Tensor, budget: int, *, check_finite: bool = True,
+                members: bool = True) -> Compressed:
     """Hard top-k by the prompt relevance: keep the `budget` tokens of highest s (DESIGN.md §5 "topk").
 
     The control for prompt-guided pooling: the same CLIP map s picks the tokens, without soft mixing,
@@ -146,6 +161,8 @@ def topk_select(x: torch.Tensor, s: torch.Tensor, budget: int, *, check_finite: 
         s (`torch.FloatTensor` of shape `(B, T, H, W)`): the relevance map `prompt_relevance` returns.
         budget: output tokens N, in [1, L].
         check_finite: raise a ValueError naming `x` or `s` if it holds NaN or Inf.
+        members: build `Compressed.members` (B, N, L); False returns it as None, the same tokens without
+            it (every method here takes this keyword).
     """
     L = _check_x(x, check_finite)
     if s.ndim != 4 or s.shape[0] != x.shape[0] or s.shape[1:].numel() != L:
@@ -154,11 +171,11 @@ def topk_select(x: torch.Tensor, s: torch.Tensor, budget: int, *, check_finite: 
     budget = _check_budget(budget, L)
     if check_finite:
         _check_finite(s, "s (relevance)")
-    return _keep_top(x, s.reshape(x.shape[0], L), budget)
+    return _keep_top(x, s.reshape(x.shape[0], L), budget, members)
 
 
 def random_select(x: torch.Tensor, budget: int, generator: Optional[torch.Generator] = None, *,
-                  check_finite: bool = True) -> Compressed:
+                  check_finite: bool = True, members: bool = True) -> Compressed:
     """Keep `budget` tokens drawn uniformly without replacement: the floor every method must beat.
 
     Needs neither prompt nor attention. Reproducible: the same `generator` state draws the same
@@ -169,11 +186,11 @@ def random_select(x: torch.Tensor, budget: int, generator: Optional[torch.Genera
     budget = _check_budget(budget, L)
     device = generator.device if generator is not None else x.device
     draw = torch.rand(x.shape[:2], generator=generator, device=device)
-    return _keep_top(x, draw.to(x.device), budget)
+    return _keep_top(x, draw.to(x.device), budget, members)
 
 
 def fastv_select(x: torch.Tensor, text_attention: torch.Tensor, budget: int, *,
-                 check_finite: bool = True) -> Compressed:
+                 check_finite: bool = True, members: bool = True) -> Compressed:
     """FastV's selection rule (Chen et al., "An Image is Worth 1/2 Tokens After Layer 2", ECCV 2024):
     keep the `budget` visual tokens the last text token attends to most at LLM layer K.
 
@@ -188,7 +205,7 @@ def fastv_select(x: torch.Tensor, text_attention: torch.Tensor, budget: int, *,
     """
     _check_x(x, check_finite)
     text_attention = _check_per_token(text_attention, "text_attention", x, check_finite)
-    return _keep_top(x, text_attention, _check_budget(budget, x.shape[1]))
+    return _keep_top(x, text_attention, _check_budget(budget, x.shape[1]), members)
 
 
 def fastv_keep(text_attention: torch.Tensor, budget: int) -> torch.Tensor:
@@ -203,7 +220,8 @@ def fastv_keep(text_attention: torch.Tensor, budget: int) -> torch.Tensor:
 
 # --- dominant and contextual tokens -------------------------------------------------------------
 def dominant_merge(x: torch.Tensor, cls_attention: torch.Tensor, budget: int, contextual: int, *,
-                   keys: Optional[torch.Tensor] = None, check_finite: bool = True) -> Compressed:
+                   keys: Optional[torch.Tensor] = None, check_finite: bool = True,
+                   members: bool = True) -> Compressed:
     """VisionZip (Yang et al., "VisionZip: Longer is Better but Not Necessary in Vision Language
     Models", 2024): `budget - contextual` dominant tokens kept, the rest merged into `contextual` ones.
 
@@ -250,4 +268,4 @@ def dominant_merge(x: torch.Tensor, cls_attention: torch.Tensor, budget: int, co
             weight.scatter_(1, targets, torch.where(count > 0, 0.5, 1.0).to(keys.dtype))
             assign.scatter_(1, joined, dominant + choice)
             weight.scatter_(1, joined, 0.5 / count.gather(1, choice))
-    return _compress(x, assign, weight, budget)
+    return _compress(x, assign, weight, budget, members)

@@ -15,7 +15,7 @@ from ppllava.ops.pooling import _check_tokens
 
 
 def tome_merge(x: torch.Tensor, grid, budget: int, *, keys: Optional[torch.Tensor] = None,
-               check_finite: bool = True) -> Compressed:
+               check_finite: bool = True, members: bool = True) -> Compressed:
     """Merge the most similar tokens by bipartite soft matching until exactly `budget` remain,
     pairs of neighbouring frames first.
 
@@ -58,6 +58,7 @@ def tome_merge(x: torch.Tensor, grid, budget: int, *, keys: Optional[torch.Tenso
         keys (`torch.FloatTensor` of shape `(B, L, Dk)`, optional): the metric (ToMe: the attention
             keys, mean over heads); default x.
         check_finite: raise a ValueError naming `x` or `keys` if it holds NaN or Inf.
+        members: build `Compressed.members` (B, N, L); False returns it as None, the same tokens without it.
     """
     L = _check_x(x, check_finite)
     T, H, W = _check_tokens(x, grid)  # the pooling modes' check: the grid must hold x's tokens
@@ -69,7 +70,7 @@ def tome_merge(x: torch.Tensor, grid, budget: int, *, keys: Optional[torch.Tenso
         size = torch.zeros(assign.shape, dtype=keys.dtype, device=x.device).scatter_add_(
             1, assign, torch.ones(assign.shape, dtype=keys.dtype, device=x.device))
         weight = 1.0 / size.gather(1, assign)
-    return _compress(x, assign, weight, budget)
+    return _compress(x, assign, weight, budget, members)
 
 
 def _merge_groups(keys: torch.Tensor, frame: torch.Tensor, n_frames: int, budget: int) -> torch.Tensor:

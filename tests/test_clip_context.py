@@ -1,6 +1,7 @@
 import copy
 import warnings
 
+import numpy as np
 import open_clip
 import pytest
 import torch
@@ -242,3 +243,34 @@ def test_prompts_that_say_where_make_positives_only_of_pictures_with_the_object_
         ClipPairCollator(77, positions=1.0)._describe("red star", None, {})
     with pytest.raises(ValueError, match="positions"):
         ClipPairCollator(77, positions=-0.1)
+
+
+def test_positives_by_set_lookup_equal_the_plain_loop_over_every_object():
+    """The collator's positives (one set of keys per image) against any(...) over each image's objects,
+    the plain formulation, on random batches of names, regions and prompt forms."""
+    from ppllava.data.clip_pairs import ClipPairCollator
+    from ppllava.data.scenes import COLOURS, SHAPES
+
+    def fits(named, name, where):  # what a prompt names, read off the object's name word by word
+        colour, shape = name.split()
+        hit = {"name": name, "shape": shape, "colour": colour}[named.kind] == named.value
+        return hit and (named.region is None or where == named.region)
+
+    rng = np.random.default_rng(0)
+    names = [f"{c} {s}" for c in COLOURS for s in SHAPES]
+    regions_all = [f"{v} {h}" for v in ("top", "middle", "bottom") for h in ("left", "centre", "right")]
+    for seed in range(20):
+        items = []
+        for _ in range(24):
+            objects = list(rng.choice(names, size=int(rng.integers(1, 5)), replace=False))
+            regions = {o: str(rng.choice(regions_all)) for o in objects if rng.random() < 0.8}
+            name = objects[0] if objects[0] in regions else next(iter(regions), objects[0])
+            regions.setdefault(name, str(rng.choice(regions_all)))
+            items.append({"pixel_values": torch.zeros(3, 4, 4), "mask": torch.zeros(2, 2, dtype=torch.bool),
+                          "object_mask": torch.zeros(2, 2, dtype=torch.bool), "name": name, "objects": objects,
+                          "regions": regions, "question": f"what colour is the {name.split()[1]} ?"})
+        collate = ClipPairCollator(77, seed=seed, partial=0.4, questions=0.3, positions=0.5)
+        replay = ClipPairCollator(77, seed=seed, partial=0.4, questions=0.3, positions=0.5)  # the same draws
+        named = [replay._describe(i["name"], i["question"], i["regions"])[1] for i in items]
+        plain = [[any(fits(n, o, i["regions"].get(o)) for o in i["objects"]) for n in named] for i in items]
+        assert collate(items)["positives"].tolist() == plain

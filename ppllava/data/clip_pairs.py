@@ -3,7 +3,7 @@ pointing accuracy) and every object of the picture (for multi-positive contrasti
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Dict, Optional, Sequence, Union
+from typing import Dict, NamedTuple, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -107,6 +107,34 @@ def question_names(question: str) -> set:
     return {w for w in question.split(" options :")[0].split() if w in COLOURS or w in SHAPES}
 
 
+class Named(NamedTuple):
+    """What a CLIP prompt names: an object by its full name, shape or colour (`kind`, `value`), and for a
+    prompt that says where, the region it is in. Called with an object's name (and its region), it says
+    whether the prompt fits that object."""
+
+    kind: str  # "name" | "shape" | "colour"
+    value: str
+    region: Optional[str] = None
+
+    def __call__(self, name: str, where: Optional[str] = None) -> bool:
+        return self.key in Named.keys_of([name], {} if where is None else {name: where})
+
+    @property
+    def key(self) -> Tuple[str, ...]:
+        return (self.kind, self.value) if self.region is None else (self.kind, self.value, self.region)
+
+    @staticmethod
+    def keys_of(objects: Sequence[str], regions: Dict[str, str]) -> set:
+        """Every `key` of a prompt that fits one of `objects` ({name: region} for those whose region is known)."""
+        keys = set()
+        for name in objects:
+            colour, shape = name.split()
+            keys.update((("name", name), ("shape", shape), ("colour", colour)))
+            if name in regions:
+                keys.add(("name", name, regions[name]))
+        return keys
+
+
 class ClipPairCollator:
     """Stacks pixels and masks, tokenizes texts for CLIP, and marks every (image, text) pair whose
     text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE.
@@ -150,30 +178,31 @@ class ClipPairCollator:
         self.filler, self.rng, self.partial = tuple(filler), np.random.default_rng(seed), partial
 
     def _describe(self, name: str, question: Optional[str] = None, regions: Optional[Dict[str, str]] = None):
-        """(text, matches) for one item: the prompt and which object names (and, for a prompt that says
-        where, regions: `matches(name, region)`) it fits; `regions` the item's {name: region}."""
+        """(text, named) for one item: the prompt and what it names (`Named`: called with an object name,
+        and its region for a prompt that says where, it says whether the prompt fits that object);
+        `regions` the item's {name: region}."""
         colour, shape = name.split()
         if question and self.form is None and self.questions > 0 and self.rng.random() < self.questions:
             named = question_names(question)
             if named == {colour, shape}:
-                return question, lambda o, where=None: o == name
+                return question, Named("name", name)
             if named == {shape}:
-                return question, lambda o, where=None: o.split()[1] == shape
+                return question, Named("shape", shape)
             if named == {colour}:
-                return question, lambda o, where=None: o.split()[0] == colour
+                return question, Named("colour", colour)
         form = self.form or ("full" if self.rng.random() >= self.partial else ("shape", "colour")[int(self.rng.integers(2))])
         if form == "shape":
-            return f"a {shape}", lambda o, where=None: o.split()[1] == shape
+            return f"a {shape}", Named("shape", shape)
         if form == "colour":
-            return f"a {colour} object", lambda o, where=None: o.split()[0] == colour
+            return f"a {colour} object", Named("colour", colour)
         if self.positions > 0 and self.rng.random() < self.positions:
             regions = regions or {}
             if name not in regions:
                 raise ValueError(f"ClipPairCollator(positions={self.positions}): the item naming {name!r} has no region "
                                  "for it (its record carries no scene, or the object is not visible in its frame)")
             there = regions[name]
-            return f"a {name} at the {there}", lambda o, where=None: o == name and where == there
-        return f"a {name}", lambda o, where=None: o == name
+            return f"a {name} at the {there}", Named("name", name, there)
+        return f"a {name}", Named("name", name)
 
     def _text(self, text: str) -> str:
         lo, hi = self.filler
@@ -183,10 +212,13 @@ class ClipPairCollator:
     def __call__(self, items: Sequence[Dict[str, object]]) -> Dict[str, object]:
         from ppllava.ops import tokenize_clip_prompts
 
-        texts, matches = zip(*(self._describe(i["name"], i.get("question"), i.get("regions")) for i in items))
-        # positives[i, j]: text j names something in image i (where it is, when it says where)
-        positives = torch.tensor([[any(match(o, item.get("regions", {}).get(o)) for o in item["objects"]) for match in matches]
-                                  for item in items])
+        texts, named = zip(*(self._describe(i["name"], i.get("question"), i.get("regions")) for i in items))
+        # positives[i, j]: text j names something in image i (where it is, when it says where). Each image's
+        # objects become one set of the keys that name them: B x B set lookups instead of calling each
+        # prompt's test on every object of every image (the same positives: tests/test_clip_context.py).
+        keys = [Named.keys_of(item["objects"], item.get("regions") or {}) for item in items]
+        wanted = [n.key for n in named]
+        positives = torch.tensor([[w in k for w in wanted] for k in keys])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
                 "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context),
                 "masks": torch.stack([i["mask"] for i in items]),

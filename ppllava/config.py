@@ -92,7 +92,8 @@ class PPLLaVAConfig:
     video_output_size: Optional[Tuple[int, int, int]] = None  # for adaptive, or instead of kernel
     image_kernel: Tuple[int, int, int] = (1, 2, 2)
     pool_temperature: float = 0.01
-    weighting: str = "softmax"  # softmax (released code) | normalized (paper text)
+    weighting: str = "softmax"  # softmax (released code) | normalized (paper text) | invariant (one rule for all lengths)
+    pool_margin: float = 3.0  # weighting "invariant": log-odds of the best patch over a window's mean one, beyond log K
     clip_prompt: str = "question"  # question | conversation (released training code)
     pool_position: str = "after_projector"  # after_projector (released code) | before_projector
     # The selection and merging modes (topk, random, merge, dominant; DESIGN.md section 5) keep a budget, not a grid.
@@ -155,6 +156,8 @@ class PPLLaVAConfig:
             raise ValueError(f"PPLLaVAConfig.llm_rms_eps must be > 0, got {self.llm_rms_eps}")
         if not 0 < self.pool_temperature < float("inf"):
             raise ValueError(f"PPLLaVAConfig.pool_temperature must be finite and > 0, got {self.pool_temperature}")
+        if not abs(self.pool_margin) < float("inf"):
+            raise ValueError(f"PPLLaVAConfig.pool_margin must be finite, got {self.pool_margin}")
         if self.pooling == "adaptive" and self.video_output_size is None:
             raise ValueError("PPLLaVAConfig.video_output_size is required when pooling is 'adaptive'")
         grid = self.patch_grid

@@ -203,7 +203,7 @@ def pointing_by_rule(model, loader, rules: Sequence[str]) -> Dict[str, float]:
 
 
 def window_focus(relevance: Optional[torch.Tensor], mask: torch.Tensor, output_size, *, weighting: str = "softmax",
-                 temperature: float = 0.01) -> torch.Tensor:
+                 temperature: float = 0.01, margin: float = 3.0) -> torch.Tensor:
     """How much of one pooled token the asked-about object can be: the largest total weight any
     window of prompt-guided pooling puts on the object's patches. 1 means some output token is the
     object alone; a plain window mean (`relevance` None) gives the object's share of its window.
@@ -216,5 +216,6 @@ def window_focus(relevance: Optional[torch.Tensor], mask: torch.Tensor, output_s
     B, T, H, W = mask.shape
     # The pooled value of a 0/1 feature is exactly the weight its window puts on the object.
     pooled, _ = prompt_guided_pool3d(mask.float().reshape(B, T * H * W, 1), relevance, (T, H, W),
-                                     output_size=output_size, temperature=temperature, weighting=weighting)
+                                     output_size=output_size, temperature=temperature, weighting=weighting,
+                                     margin=margin)
     return pooled[..., 0].amax(1)

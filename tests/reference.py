@@ -1,11 +1,12 @@
 """Plain, loop-over-windows formulations of the method's formulas, written from DESIGN.md §2 as
 directly as possible. Slow on purpose: the fast ops are tested against them."""
 import itertools
+import math
 
 import torch
 
 
-def pool_by_loop(x, relevance, grid, out, kernel, stride, temperature=0.01, weighting="softmax"):
+def pool_by_loop(x, relevance, grid, out, kernel, stride, temperature=0.01, weighting="softmax", margin=3.0):
     """x (B, N, D), relevance (B, T, H, W) or None -> (B, T'*H'*W', D), in float64."""
     B, _, D = x.shape
     x5 = x.double().reshape(B, *grid, D)
@@ -23,6 +24,15 @@ def pool_by_loop(x, relevance, grid, out, kernel, stride, temperature=0.01, weig
                 s = torch.stack([relevance[b, i, j, k].double() for i, j, k in idx])
                 if weighting == "softmax":
                     e = torch.exp((s - s.max()) / temperature)
+                    a = e / e.sum()
+                elif weighting == "invariant":  # window_weights' docstring, patch by patch
+                    present = [n for n in range(len(s)) if s[n] > 0]
+                    logs = {n: math.log(float(s[n])) for n in present}
+                    top = max(present, key=logs.__getitem__)
+                    rest = [logs[n] for n in present if n != top]
+                    gap = max(logs[top] - sum(rest) / len(rest), 1e-3) if rest else 1.0
+                    e = torch.tensor([math.exp((logs[n] - logs[top]) * (margin + math.log(max(len(rest), 1))) / gap)
+                                      if n in logs else 0.0 for n in range(len(s))], dtype=torch.float64)
                     a = e / e.sum()
                 else:
                     a = s / s.sum()

@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from ppllava.ops import POOLING_MODES, pool_visual_tokens, prompt_guided_pool3d, window_geometry
+from ppllava.ops import POOLING_MODES, WEIGHTINGS, pool_visual_tokens, prompt_guided_pool3d, window_geometry
 from tests.reference import pool_by_loop
 
 
@@ -35,12 +35,12 @@ def test_uniform_tiling_windows_equal_avg_pool3d(grid, kernel):
     torch.testing.assert_close(pooled, ref.permute(0, 2, 3, 4, 1).reshape(2, -1, 16))
 
 
-def test_uniform_relevance_map_equals_avg_pool3d_for_both_weightings():
+def test_uniform_relevance_map_equals_avg_pool3d_for_every_weighting():
     grid = (4, 6, 6)
     x = tokens(2, grid, 8)
     flat = torch.full((2, *grid), 1.0 / 144)
     ref = F.avg_pool3d(channel_major(x, grid), (2, 3, 3)).permute(0, 2, 3, 4, 1).reshape(2, -1, 8)
-    for weighting in ("softmax", "normalized"):
+    for weighting in WEIGHTINGS:
         pooled, _ = prompt_guided_pool3d(x, flat, grid, kernel=(2, 3, 3), weighting=weighting)
         torch.testing.assert_close(pooled, ref)
 
@@ -63,9 +63,9 @@ CASES = [
 ]
 
 
-@pytest.mark.parametrize("weighting", ["softmax", "normalized"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("grid,geometry", CASES)
-def test_both_weightings_equal_a_plain_loop_over_windows(grid, geometry, weighting):
+def test_every_weighting_equals_a_plain_loop_over_windows(grid, geometry, weighting):
     x = tokens(2, grid, 12)
     s = relevance_map(2, grid, peaked=False)
     out, kernel, stride = window_geometry(grid, **geometry)
@@ -76,7 +76,7 @@ def test_both_weightings_equal_a_plain_loop_over_windows(grid, geometry, weighti
         torch.testing.assert_close(pooled.double(), ref, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("weighting", ["softmax", "normalized"])
+@pytest.mark.parametrize("weighting", WEIGHTINGS)
 @pytest.mark.parametrize("geometry", [dict(kernel=(2, 2, 2), remainder="drop"), dict(kernel=(2, 3, 2), stride=(1, 1, 2))])
 def test_gradients_reach_tokens_and_relevance(weighting, geometry):
     grid = (3, 4, 4)

@@ -260,9 +260,10 @@ class PPLLaVA(nn.Module):
             # Image crops keep floor mode where the kernel does not tile the grid, as the reference
             # does (issue #13); TokenLayout.image_crop_grid counts the same.
             return prompt_guided_pool3d(x, weights, grid, kernel=cfg.image_kernel, temperature=cfg.pool_temperature,
-                                        weighting=cfg.weighting, remainder="drop", check_finite=cfg.check_finite)[0]
+                                        weighting=cfg.weighting, margin=cfg.pool_margin, remainder="drop",
+                                        check_finite=cfg.check_finite)[0]
         return pool_visual_tokens(x, grid, mode, relevance=relevance, temperature=cfg.pool_temperature,
-                                  weighting=cfg.weighting, check_finite=cfg.check_finite,
+                                  weighting=cfg.weighting, margin=cfg.pool_margin, check_finite=cfg.check_finite,
                                   **self.layout.video_pool_geometry())[0]
 
     def _tokens(self, patches: torch.Tensor, grid, guide: Guide, media: str) -> torch.Tensor:

@@ -12,6 +12,7 @@ code's unfold does), and beats `avg_pool3d` on channel-major data on a CPU. On a
 from __future__ import annotations
 
 import itertools
+import math
 from typing import Iterator, Optional, Tuple
 
 import torch
@@ -21,7 +22,10 @@ from ppllava.ops.checks import check_finite as _check_finite
 from ppllava.ops.geometry import IntOrTriple, Triple, as_triple, window_geometry
 
 POOLING_MODES = ("none", "temporal_mean", "adaptive", "spatial", "prompt")
-WEIGHTINGS = ("softmax", "normalized")
+WEIGHTINGS = ("softmax", "normalized", "invariant")
+# "invariant": log-relevance spreads below this (in nats) count as a flat window, so float noise on a
+# uniform map is not sharpened into a pick (the rule is blind to the map's scale by design).
+FLAT_SPREAD = 1e-3
 
 
 def _window_views(t: torch.Tensor, out: Triple, kernel: Triple, stride: Triple) -> Iterator[torch.Tensor]:
@@ -96,6 +100,7 @@ def window_weights(
     stride: Triple,
     temperature: float = 0.01,
     weighting: str = "softmax",
+    margin: float = 3.0,
 ) -> torch.Tensor:
     """Per-window mixing weights from a relevance map.
 
@@ -105,7 +110,27 @@ def window_weights(
         temperature: softmax temperature (weighting "softmax" only).
         weighting: "softmax" (released code: softmax_{i in w}(s_i / temperature)) or
             "normalized" (paper: s_i / sum_{j in w} s_j; needs s >= 0; a window whose relevance
-            sums to 0 has no defined weights and gets the plain window mean, the limit of equal s).
+            sums to 0 has no defined weights and gets the plain window mean, the limit of equal s), or
+            "invariant" (one rule for every video length; see below).
+        margin: the log-odds `gamma` of weighting "invariant" (below); chosen once, at one length.
+
+    Weighting "invariant". `s = softmax(tau r)` over all T*H*W positions, so `log s_i = tau r_i - log Z`
+    and every rule applied to `s / temperature` changes with the video's length through Z. Differences
+    of `l = log s` within a window do not; but a window of K patches holding a few relevant ones among
+    K - n others needs log-odds growing like log K to keep them dominant. So, per window w, over its
+    patches with s > 0 (P, K = |P|; a patch with s = 0, an oracle's background or an underflow, takes
+    no weight and does not count):
+
+        l_i   = log s_i
+        b     = argmax_{j in P} l_j
+        gap_w = l_b - mean_{j in P, j != b} l_j          (how far the best patch stands out, in nats)
+        a_i   = softmax_{i in P}((margin + log(K - 1)) * (l_i - l_b) / max(gap_w, FLAT_SPREAD))
+
+    A patch at the mean of the rest gets log-odds `margin + log(K - 1)` below the best one, so one
+    patch standing out from K - 1 equal others by any amount gets exactly sigmoid(margin) of its
+    window at every K, and n such patches about n e^margin / (n e^margin + 1) while n << K. Nothing
+    depends on Z (the length), tau (CLIP's scale) or a shift of r. A flat window (gap 0) gets the
+    mean of P; a window with one patch in P, all of it; a window of zeros, the plain mean.
 
     Returns:
         `torch.FloatTensor` of shape `(B, T', H', W', K)`, K = prod(kernel), float32 (float64 for
@@ -120,6 +145,10 @@ def window_weights(
         stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
     if weighting == "softmax":
         return torch.softmax(stacked / temperature, dim=-1)
+    if weighting == "invariant":
+        if bool((s < 0).any()):
+            raise ValueError("weighting 'invariant' reads log s and needs a non-negative relevance map; got negative values")
+        return _invariant_weights(stacked, margin)
     if weighting == "normalized":
         if bool((s < 0).any()):
             raise ValueError("weighting 'normalized' needs a non-negative relevance map; got negative values")
@@ -127,6 +156,22 @@ def window_weights(
         uniform = torch.full_like(stacked, 1.0 / stacked.shape[-1])
         return torch.where(total > 0, stacked / total.clamp_min(torch.finfo(s.dtype).tiny), uniform)
     raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+
+
+def _invariant_weights(stacked: torch.Tensor, margin: float) -> torch.Tensor:
+    """Weighting "invariant" of `window_weights` (see there): (..., K) window relevances -> (..., K)."""
+    present = stacked > 0
+    count = present.sum(-1, keepdim=True)
+    # clamp before log: log(0) has an infinite gradient that would turn the masked-out branch into NaN
+    floor = math.log(torch.finfo(stacked.dtype).tiny)
+    log_s = stacked.clamp_min(torch.finfo(stacked.dtype).tiny).log()
+    # a window of zeros has no best patch: the floor keeps its (discarded) arithmetic finite, gradients too
+    best = log_s.masked_fill(~present, float("-inf")).amax(-1, keepdim=True).clamp_min(floor)
+    rest = (count - 1).clamp_min(1)
+    gap = (best - (log_s.masked_fill(~present, 0.0).sum(-1, keepdim=True) - best) / rest).clamp_min(FLAT_SPREAD)
+    logits = ((log_s - best) * ((margin + rest.to(log_s.dtype).log()) / gap)).masked_fill(~present, float("-inf"))
+    weights = torch.softmax(logits.masked_fill(count == 0, 0.0), dim=-1)  # a window of zeros: the plain mean
+    return weights
 
 
 def _check_tokens(x: torch.Tensor, grid) -> Triple:
@@ -149,6 +194,7 @@ def prompt_guided_pool3d(
     stride: Optional[IntOrTriple] = None,
     temperature: float = 0.01,
     weighting: str = "softmax",
+    margin: float = 3.0,
     remainder: str = "error",
     check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Triple]:
@@ -163,7 +209,8 @@ def prompt_guided_pool3d(
         output_size, kernel, stride: any two (or output_size alone, or kernel alone), see
             `window_geometry`. Windows may overlap.
         temperature: softmax temperature, > 0.
-        weighting: "softmax" or "normalized" (see `window_weights`).
+        weighting: "softmax", "normalized" or "invariant" (see `window_weights`).
+        margin: the log-odds of weighting "invariant" (see `window_weights`), finite.
         remainder: "error" refuses windows that leave tokens uncovered; "drop" leaves them
             out, as floor-mode avg_pool3d does (see `window_geometry`).
         check_finite: raise a ValueError naming `x` or `relevance` if it holds NaN or Inf.
@@ -179,6 +226,8 @@ def prompt_guided_pool3d(
         raise ValueError(f"temperature must be finite and > 0, got {temperature}")
     if weighting not in WEIGHTINGS:
         raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin}")
     out, ker, st = window_geometry(grid, output_size, kernel, stride, remainder=remainder)
     B, _, D = x.shape
     if check_finite:
@@ -191,7 +240,7 @@ def prompt_guided_pool3d(
             raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
         if check_finite:
             _check_finite(relevance, "relevance")
-        weights = window_weights(relevance, out, ker, st, temperature, weighting)
+        weights = window_weights(relevance, out, ker, st, temperature, weighting, margin)
     x5 = x.reshape(B, *grid, D)
     if x.is_cuda and ker == st:
         pooled = _tiled_weighted_sum(x5, weights, out, ker)
@@ -229,6 +278,7 @@ def pool_visual_tokens(
     stride: Optional[IntOrTriple] = None,
     temperature: float = 0.01,
     weighting: str = "softmax",
+    margin: float = 3.0,
     check_finite: bool = True,
 ) -> Tuple[torch.Tensor, Triple]:
     """Pool visual tokens by mode name, all modes with one contract: (B, N, D) -> ((B, N', D), grid').
@@ -241,7 +291,7 @@ def pool_visual_tokens(
             that drops a remainder (an odd row / column), because its reference's floor mode does.
         "prompt": this method; needs `relevance` and a geometry (output_size and/or kernel, stride).
 
-    `relevance`, `temperature` and `weighting` are read by "prompt" only. The fixed-geometry modes
+    `relevance`, `temperature`, `weighting` and `margin` are read by "prompt" only. The fixed-geometry modes
     (none, temporal_mean, spatial) raise if given a geometry rather than ignoring it.
     `check_finite`: every mode refuses NaN / Inf in `x` (and "prompt" in `relevance`), naming it.
     """
@@ -271,5 +321,5 @@ def pool_visual_tokens(
             _check_finite(relevance, "relevance")
         return prompt_guided_pool3d(
             x, relevance, grid, output_size=output_size, kernel=kernel, stride=stride,
-            temperature=temperature, weighting=weighting, check_finite=False,
+            temperature=temperature, weighting=weighting, margin=margin, check_finite=False,
         )

@@ -100,10 +100,15 @@ def check_07_long_video(m):
         focus = m["window_focus"][str(length)]
         assert {"mean", "softmax 0.01", "normalized (paper)"} <= set(focus)
         assert all(0 <= v <= 1 + 1e-5 for v in focus.values())
-    # The prompt rows' temperature per length: the largest softmax one within 0.01 of that length's best.
+    # One margin for every length, chosen at the shortest: the smallest within 0.01 of the best focus there.
+    shortest = str(min(m["lengths"]))
+    assert m["pool_margin"]["chosen_at_frames"] == min(m["lengths"])
+    invariant = {float(k.split()[1]): v for k, v in m["window_focus"][shortest].items() if k.startswith("invariant")}
+    assert m["pool_margin"]["margin"] == min(g for g, v in invariant.items() if v >= max(invariant.values()) - 0.01)
+    # The ablation: the softmax temperature one would tune per length, the largest within 0.01 of that length's best.
     for length in m["lengths"]:
         softmax = {float(k.split()[1]): v for k, v in m["window_focus"][str(length)].items() if k.startswith("softmax")}
-        assert m["pool_temperature"][str(length)] == max(t for t, v in softmax.items() if v >= max(softmax.values()) - 0.01)
+        assert m["tuned_temperature"][str(length)] == max(t for t, v in softmax.items() if v >= max(softmax.values()) - 0.01)
 
 
 def check_08_chat(m):

@@ -101,6 +101,9 @@ class PPLLaVAConfig:
     # fastv: every video token enters the LLM; layers fastv_layer.. keep the budget (1 <= fastv_layer < llm_layers).
     fastv_layer: int = 2  # K: FastV's "an image is worth 1/2 tokens after layer 2"
     contextual_tokens: Optional[int] = None  # dominant: merged tokens of the budget; None: VisionZip's budget * 10 // 64
+    # Long videos: the tower, relevance and pooling read this many frames at a time (ppllava/model/chunked_video.py),
+    # so memory stays bounded however long the video; None: every frame at once.
+    video_chunk_frames: Optional[int] = None
     random_seed: int = 0  # random, in eval: seeds each video's draw with its pixels (ppllava/model/compress_tokens.py)
     image_grid_pinpoints: Tuple[Tuple[int, int], ...] = ((64, 64), (64, 128), (128, 64), (128, 128))
 
@@ -176,6 +179,13 @@ class PPLLaVAConfig:
         if self.contextual_tokens is not None and self.contextual_tokens < 0:
             raise ValueError(f"PPLLaVAConfig.contextual_tokens must be >= 0 (or None: VisionZip's ratio), "
                              f"got {self.contextual_tokens}")
+        if self.video_chunk_frames is not None:
+            if self.video_chunk_frames < 1:
+                raise ValueError(f"PPLLaVAConfig.video_chunk_frames must be >= 1 (or None: every frame at once), "
+                                 f"got {self.video_chunk_frames}")
+            if self.pooling not in POOLING_MODES:
+                raise ValueError(f"PPLLaVAConfig.video_chunk_frames is for the pooling modes {POOLING_MODES}; pooling "
+                                 f"{self.pooling!r} selects or prunes over the whole video at once")
         if self.fastv_layer < 1:
             raise ValueError(f"PPLLaVAConfig.fastv_layer must be >= 1 (layers 0..K-1 read every video token), "
                              f"got {self.fastv_layer}")

@@ -28,6 +28,7 @@ from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from ppllava.config import PPLLaVAConfig
 from ppllava.model import anyres, fastv, inputs
+from ppllava.model.chunked_video import TensorFrames, chunked_video_tokens
 from ppllava.model.compress_tokens import (PROMPT_MODES, TOWER_ATTENTION_MODES, Guide, compress, compress_crops,
                                            pixel_generators, tower_attention)
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
@@ -290,7 +291,8 @@ class PPLLaVA(nn.Module):
         """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
         video, for 'prompt' pooling and 'topk' selection; or `relevance` (n, T, g, g) to pool or select
         by a given map (an oracle). `video_features`: the videos' `video_features`, already computed
-        (not for 'dominant', which reads the tower's attention too)."""
+        (not for 'dominant', which reads the tower's attention too). With `video_chunk_frames` set, a video
+        longer than it is encoded that many frames at a time (`chunked_video.chunked_video_tokens`)."""
         mode = self.config.pooling
         inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
         n, T = pixel_values_videos.shape[:2]
@@ -306,6 +308,10 @@ class PPLLaVA(nn.Module):
             raise ValueError(f"prompt_embeds must have shape (n, Dc) with n = {n} videos, got {tuple(prompt_embeds.shape)}")
         elif mode in PROMPT_MODES and prompt_embeds is None:
             raise ValueError(f"pooling {mode!r} needs clip_input_ids (the CLIP prompt of each sample)")
+        chunk = self.config.video_chunk_frames
+        if chunk is not None and T > chunk and video_features is None:  # a long video, a chunk of frames at a time
+            return chunked_video_tokens(self, TensorFrames(pixel_values_videos), chunk, prompt_embeds=prompt_embeds,
+                                        relevance=relevance)
         cls_attention = keys = None
         if mode in TOWER_ATTENTION_MODES:
             patches, cls_attention, keys = self._patch_features(pixel_values_videos.flatten(0, 1), attention=True)

@@ -92,6 +92,10 @@ class PPLLaVAProcessor:
         """(frames (T, H, W, 3) uint8, repeated frames) of a video file, sampled as configured; a
         MediaError names the file. 'random' sampling draws with `rng` (default: seeded by `seed`)."""
         path = Path(path)
+        indices, repeated = self._sample(path, rng)
+        return self.reader.read(path, indices), repeated
+
+    def _sample(self, path: Path, rng: Optional[np.random.Generator]) -> Tuple[List[int], int]:
         total = self.reader.frame_count(path)
         if total == 0:
             raise MediaError(f"{path} has zero frames")
@@ -100,9 +104,13 @@ class PPLLaVAProcessor:
             raise MediaError(f"{path}: no frame rate ({video_fps}), which sampling 'fps' needs")
         if self.sampling == "random" and rng is None:
             rng = np.random.default_rng(self.seed)
-        indices, repeated = sample_indices(total, self.num_frames, self.sampling, rng=rng, video_fps=video_fps,
-                                           fps=self.fps)
-        return self.reader.read(path, indices), repeated
+        return sample_indices(total, self.num_frames, self.sampling, rng=rng, video_fps=video_fps, fps=self.fps)
+
+    def video_frames(self, path: PathLike, rng: Optional[np.random.Generator] = None) -> "VideoFileFrames":
+        """A video file as a `FrameSource` (n = 1) for `PPLLaVA.long_video_tokens`: the frames `read_video`
+        samples, decoded and transformed a chunk at a time when the model reads them, never all at once."""
+        path = Path(path)
+        return VideoFileFrames(path, self._sample(path, rng)[0], self.reader, self.media)
 
     def load_video(self, path_or_frames) -> np.ndarray:
         """A video file -> its sampled frames (T, H, W, 3) uint8; frames (an array or uint8 tensor)
@@ -454,3 +462,15 @@ def _per_text(media, counts: List[int], what: str) -> List[list]:
         out.append(items[start: start + n])
         start += n
     return out
+
+
+class VideoFileFrames:
+    """One video file's sampled frames as a `chunked_video.FrameSource`: `read(start, stop)` decodes frames
+    indices[start:stop] and applies the vision tower's transforms, (1, stop - start, 3, S, S)."""
+
+    def __init__(self, path: Path, indices: Sequence[int], reader, media):
+        self.path, self.indices, self.reader, self.media = path, list(indices), reader, media
+        self.num_videos, self.num_frames = 1, len(self.indices)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.media.video(self.reader.read(self.path, self.indices[start:stop]))[None]

@@ -117,3 +117,40 @@ def test_bad_sources_and_settings_are_named():
         chunked_video_tokens(prompt, TensorFrames(videos(1, 8)), 4)
     with pytest.raises(ValueError, match="a video of 7 frames cannot be pooled"):  # before any compute
         chunked_video_tokens(prompt, TensorFrames(videos(1, 7)), 4, prompt_embeds=prompts(prompt, 1))
+
+
+def test_a_video_file_streamed_a_chunk_at_a_time_answers_as_its_pixels_do(tmp_path):
+    """processor.video_frames decodes a chunk when the model reads it; long_video_tokens + video_embeds
+    give the logits and generated tokens of the whole pixel tensor through pixel_values_videos."""
+    import numpy as np
+
+    from ppllava import PPLLaVAProcessor
+    from ppllava.data.scenes import random_scene, render
+    from ppllava.data.tokenizer import build_world_tokenizer
+    from ppllava.data.world import write_video
+
+    frames, _ = render(random_scene(np.random.default_rng(3), 64, 24, 2))
+    write_video(tmp_path / "clip.mp4", frames, fps=8)
+    model = build(num_frames=24, pooling="prompt", weighting="invariant", video_output_size=(4, 2, 2))
+    processor = PPLLaVAProcessor(build_world_tokenizer(), model.config)
+    text = processor.apply_chat_template([{"from": "human", "value": "<video>\nwhat colour is the star ?"}])
+    batch = processor([text], videos=[tmp_path / "clip.mp4"])
+    source = processor.video_frames(tmp_path / "clip.mp4")
+    assert source.num_frames == 24
+    torch.testing.assert_close(source.read(5, 11), batch["pixel_values_videos"][:, 5:11])
+    with torch.no_grad():
+        tokens = model.long_video_tokens(source, batch["clip_input_ids"], chunk_frames=7)
+        whole = model(**batch).logits
+        streamed = model(batch["input_ids"], batch["attention_mask"], video_embeds=tokens).logits
+        torch.testing.assert_close(streamed, whole, rtol=1e-4, atol=1e-4)
+        kept = {k: v for k, v in batch.items() if k not in ("pixel_values_videos", "clip_input_ids")}
+        assert torch.equal(model.generate(**kept, video_embeds=tokens, max_new_tokens=4),
+                           model.generate(**batch, max_new_tokens=4))
+    with pytest.raises(ValueError, match="video_embeds are the videos' visual tokens already made"):
+        model(**batch, video_embeds=tokens)
+    with pytest.raises(ValueError, match=r"video_embeds must have shape \(n, tokens, 128\)"):
+        model(batch["input_ids"], video_embeds=tokens[..., :64])
+    with pytest.raises(ValueError, match="video tokens and features do not match"):
+        model(batch["input_ids"], video_embeds=tokens[:, :8])
+    with pytest.raises(ValueError, match="long_video_tokens needs chunk_frames"):
+        model.long_video_tokens(source, batch["clip_input_ids"])

@@ -396,13 +396,46 @@ class PPLLaVA(nn.Module):
         if cfg.pooling in PROMPT_MODES and needs_prompt and clip_input_ids is None:
             raise ValueError(f"pooling {cfg.pooling!r} needs clip_input_ids (the CLIP prompt of each sample)")
 
+    def _check_video_embeds(self, video_embeds, pixel_values_videos, video_features, video_relevance) -> None:
+        if pixel_values_videos is not None or video_features is not None or video_relevance is not None:
+            raise ValueError("video_embeds are the videos' visual tokens already made: pass them without "
+                             "pixel_values_videos, video_features or video_relevance")
+        if self.config.pooling in LLM_PRUNING_MODES:
+            raise ValueError("pooling 'fastv' prunes inside the LLM from every video token and its frames: pass "
+                             "pixel_values_videos, not video_embeds")
+        width = self.llm_config.hidden_size
+        if not isinstance(video_embeds, torch.Tensor) or video_embeds.ndim != 3 or video_embeds.shape[-1] != width:
+            got = tuple(video_embeds.shape) if isinstance(video_embeds, torch.Tensor) else type(video_embeds).__name__
+            raise ValueError(f"video_embeds must have shape (n, tokens, {width}), got {got}")
+
+    def long_video_tokens(self, frames, clip_input_ids: Optional[torch.Tensor] = None,
+                          relevance: Optional[torch.Tensor] = None, chunk_frames: Optional[int] = None) -> torch.Tensor:
+        """A long video's visual tokens (n, video_token_count(T), D) from a `chunked_video.FrameSource`, its
+        pixels read `chunk_frames` (default `video_chunk_frames`) at a time, so that neither they nor the
+        patch features are ever all in memory; hand the result to `forward` / `generate` as `video_embeds`."""
+        chunk = chunk_frames or self.config.video_chunk_frames
+        if chunk is None:
+            raise ValueError("long_video_tokens needs chunk_frames or config.video_chunk_frames")
+        prompts = None
+        if self.config.pooling == "prompt" and relevance is None:
+            if clip_input_ids is None:
+                raise ValueError("pooling 'prompt' needs clip_input_ids (the CLIP prompt of each video)")
+            inputs.check_clip_input_ids(clip_input_ids, frames.num_videos, "videos")
+            prompts = self.encode_prompts(clip_input_ids)
+        return chunked_video_tokens(self, frames, chunk, prompt_embeds=prompts, relevance=relevance)
+
     def embed_inputs(self, input_ids: torch.Tensor, *, pixel_values: Optional[torch.Tensor] = None,
                      image_sizes=None, image_crops: Optional[Sequence[int]] = None,
                      pixel_values_videos: Optional[torch.Tensor] = None, clip_input_ids: Optional[torch.Tensor] = None,
                      video_relevance: Optional[torch.Tensor] = None,
-                     video_features: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """Token embeddings with the visual tokens scattered into their placeholders: (B, L, D)."""
+                     video_features: Optional[torch.Tensor] = None,
+                     video_embeds: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """Token embeddings with the visual tokens scattered into their placeholders: (B, L, D).
+        `video_embeds` (n, N', D): the videos' visual tokens already made, e.g. by `long_video_tokens` from
+        frames read a chunk at a time; they take the place of `pixel_values_videos`."""
         cfg = self.config
+        if video_embeds is not None:
+            self._check_video_embeds(video_embeds, pixel_values_videos, video_features, video_relevance)
         self._check_batch(input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
                           video_relevance)
         if video_features is not None and pixel_values_videos is None:
@@ -429,6 +462,9 @@ class PPLLaVA(nn.Module):
             tokens = self.video_tokens(pixel_values_videos, None if prompts is None else prompts[owners], video_relevance,
                                        video_features)
             embeds = embeds.masked_scatter(video_mask[..., None], tokens.to(embeds.dtype))
+        elif video_embeds is not None:
+            self._owners(video_mask, [video_embeds.shape[1]] * video_embeds.shape[0], "video")
+            embeds = embeds.masked_scatter(video_mask[..., None], video_embeds.to(embeds.dtype))
         elif video_mask.any():
             raise ValueError(f"input_ids hold {int(video_mask.sum())} video tokens but no pixel_values_videos were given")
         return embeds
@@ -436,11 +472,12 @@ class PPLLaVA(nn.Module):
     def forward(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None,
                 labels: Optional[torch.Tensor] = None, *, pixel_values=None, image_sizes=None, image_crops=None,
                 pixel_values_videos=None, clip_input_ids=None, video_relevance=None, video_features=None,
-                **lm_kwargs) -> CausalLMOutputWithPast:
+                video_embeds=None, **lm_kwargs) -> CausalLMOutputWithPast:
         """Logits, and the next-token loss when `labels` are given (visual positions never count)."""
         embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
                                    pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
-                                   video_relevance=video_relevance, video_features=video_features)
+                                   video_relevance=video_relevance, video_features=video_features,
+                                   video_embeds=video_embeds)
         if labels is not None:
             visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
             labels = labels.masked_fill(visual, -100)
@@ -462,7 +499,7 @@ class PPLLaVA(nn.Module):
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: Optional[torch.Tensor] = None, *, pixel_values=None,
                  image_sizes=None, image_crops=None, pixel_values_videos=None, clip_input_ids=None,
-                 video_relevance=None, video_features=None, **generate_kwargs) -> torch.Tensor:
+                 video_relevance=None, video_features=None, video_embeds=None, **generate_kwargs) -> torch.Tensor:
         """New tokens only, (B, new): transformers' `generate` (KV cache, greedy or sampling, stopping
         criteria) on the merged embeddings. Pad prompts on the left. Under 'fastv' the LLM's decoder runs
         the kit's pruned prefill and decoding steps for the call, its KV cache a `fastv.FastVCache`."""
@@ -470,7 +507,8 @@ class PPLLaVA(nn.Module):
             raise ValueError("pooling 'fastv' makes its own KV cache (a fastv.FastVCache); pass no cache")
         embeds = self.embed_inputs(input_ids, pixel_values=pixel_values, image_sizes=image_sizes, image_crops=image_crops,
                                    pixel_values_videos=pixel_values_videos, clip_input_ids=clip_input_ids,
-                                   video_relevance=video_relevance, video_features=video_features)
+                                   video_relevance=video_relevance, video_features=video_features,
+                                   video_embeds=video_embeds)
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)

@@ -1,12 +1,13 @@
 """Helpers the benchmark scripts share: median timing and peak memory in a fresh process."""
 from __future__ import annotations
 
-import multiprocessing as mp
 import statistics
 import time
 from typing import Callable
 
 import torch
+
+from ppllava.memory import peak_extra_mib  # noqa: F401  (re-exported: the benchmarks import it from here)
 
 
 def sync(device: str) -> None:
@@ -28,32 +29,6 @@ def time_ms(fn: Callable[[], object], device: str, repeats: int, warmup: int = 1
     return statistics.median(times)
 
 
-def _proc_status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise RuntimeError(f"/proc/self/status has no {field}")
-
-
-def _peak_child(setup, device, queue) -> None:
-    fn = setup()  # builds its inputs; only what `fn` allocates beyond them is measured
-    if str(device).startswith("cuda"):
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-        fn()
-        torch.cuda.synchronize()
-        queue.put((torch.cuda.max_memory_allocated() - base) / 2**20)
-    else:
-        # Linux: writing 5 to clear_refs resets the high-water mark VmHWM to the current RSS.
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-        base = _proc_status_kib("VmRSS")
-        fn()
-        queue.put((_proc_status_kib("VmHWM") - base) / 1024)
-
-
 def cuda_peak_extra_mib(fn: Callable[[], object]) -> float:
     """Peak CUDA memory (MiB) of one call of `fn` beyond what was allocated before it, in-process."""
     torch.cuda.synchronize()
@@ -62,16 +37,3 @@ def cuda_peak_extra_mib(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def peak_extra_mib(setup: Callable[[], Callable[[], object]], device: str) -> float:
-    """Peak memory (MiB) of one call of `setup()`'s function beyond what `setup` built, measured
-    in a fresh process (CPU: peak resident memory; CUDA: the allocator's peak). `setup` must be
-    picklable: a module-level function or a functools.partial of one."""
-    ctx = mp.get_context("spawn")
-    queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(setup, device, queue))
-    proc.start()
-    value = queue.get()
-    proc.join()
-    return value

@@ -154,3 +154,21 @@ def test_a_video_file_streamed_a_chunk_at_a_time_answers_as_its_pixels_do(tmp_pa
         model(batch["input_ids"], video_embeds=tokens[:, :8])
     with pytest.raises(ValueError, match="long_video_tokens needs chunk_frames"):
         model.long_video_tokens(source, batch["clip_input_ids"])
+
+
+@pytest.mark.slow  # three fresh processes for the peak memory
+def test_the_prefill_cost_rows_and_their_bad_inputs():
+    from ppllava.long_video_cost import SyntheticFrames, fits, measure_prefill_cost, prefill_fn
+
+    source = SyntheticFrames(1, 40, 64, seed=2)
+    torch.testing.assert_close(source.read(8, 12), source.read(0, 40)[:, 8:12])  # a chunk is the same frames whole
+    assert fits("none", 16) and not fits("none", 64) and fits("prompt", 2048)
+    rows = measure_prefill_cost([8, 64], ["none", "prompt"], chunk_frames=8, ways=("streamed",), repeats=1)
+    assert [(r["mode"], r["way"], r["frames"]) for r in rows] == [  # none's 1,024 tokens at 64 frames do not fit
+        ("none", "streamed", 8), ("prompt", "streamed", 8), ("prompt", "streamed", 64)]
+    assert all(r["ms"] > 0 and r["peak_mib"] >= 0 for r in rows)
+    # streamed and one-shot prefill give the same logits
+    torch.testing.assert_close(prefill_fn("prompt", 16, 4, "streamed")(), prefill_fn("prompt", 16, 4, "one_shot")(),
+                               rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="how must be 'streamed' or 'one_shot'"):
+        prefill_fn("prompt", 16, 4, "chunked")

@@ -1,0 +1,96 @@
+"""Time and peak memory of a long-video prefill against its length (issue #15): the video's visual
+tokens, then the LLM's forward over the prompt that holds them, for one video on the CPU.
+
+    rows = measure_prefill_cost([16, 256, 2048], ["adaptive", "prompt"], chunk_frames=64)
+
+Two ways to run each (mode, length): `streamed`, the frames made a chunk at a time (`SyntheticFrames`,
+a FrameSource that never holds the video) and encoded by `PPLLaVA.long_video_tokens`; and `one_shot`,
+the whole (1, T, 3, S, S) pixel tensor through `forward`, as a batch from the processor would go. Peak
+memory is the resident set's high-water mark above what was there before the call, in a fresh process
+per measurement (`ppllava.memory.peak_extra_mib`), so one run's allocations do not hide another's.
+benchmarks/long_video_bench.py prints the table; notebook 07 draws it.
+"""
+from __future__ import annotations
+
+import functools
+import statistics
+import time
+from typing import Dict, List, Sequence
+
+import torch
+
+from ppllava.config import PPLLaVAConfig
+from ppllava.memory import peak_extra_mib
+from ppllava.model import PPLLaVA
+
+# 16 visual tokens per video, as in notebook 07
+MODES = {"none": {"pooling": "none"},
+         "adaptive": {"pooling": "adaptive", "video_output_size": (4, 2, 2)},
+         "prompt": {"pooling": "prompt", "video_output_size": (4, 2, 2), "weighting": "invariant"}}
+CLIP_PROMPT = [49406, 320, 1125, 49407]  # BOS, two words, EOS: the prompt's length does not matter here
+
+
+class SyntheticFrames:
+    """A FrameSource of n videos of T random frames, each frame drawn when read (seeded by its index, so
+    any chunking reads the same video), so the whole video never exists."""
+
+    def __init__(self, num_videos: int, num_frames: int, size: int, seed: int = 0):
+        self.num_videos, self.num_frames, self.size, self.seed = num_videos, num_frames, size, seed
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        def frame(t):
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
+            return torch.randn(self.num_videos, 3, self.size, self.size, generator=g)
+
+        return torch.stack([frame(t) for t in range(start, stop)], dim=1)
+
+
+def prefill_fn(mode: str, frames: int, chunk_frames: int, how: str):
+    """The prefill as a no-argument function, its model (and for one_shot its pixels) built first."""
+    if how not in ("streamed", "one_shot"):
+        raise ValueError(f"how must be 'streamed' or 'one_shot', got {how!r}")
+    torch.manual_seed(0)
+    model = PPLLaVA(PPLLaVAConfig.from_name("tiny", num_frames=frames, **MODES[mode])).eval()
+    input_ids = torch.tensor([[1] + [model.config.video_token_id] * model.video_token_count(frames) + [5, 6, 7]])
+    clip_ids = torch.tensor([CLIP_PROMPT])
+    source = SyntheticFrames(1, frames, model.config.image_size)
+    pixels = source.read(0, frames) if how == "one_shot" else None
+
+    @torch.no_grad()
+    def run():
+        if pixels is not None:
+            return model(input_ids, pixel_values_videos=pixels, clip_input_ids=clip_ids).logits
+        tokens = model.long_video_tokens(source, clip_ids, chunk_frames=chunk_frames)
+        return model(input_ids, video_embeds=tokens).logits
+
+    return run
+
+
+def fits(mode: str, frames: int) -> bool:
+    """Whether the prompt with this video's tokens fits the tiny LLM's positions (`none` keeps every token)."""
+    cfg = PPLLaVAConfig.from_name("tiny", num_frames=frames, **MODES[mode])
+    tokens = frames * cfg.patch_grid ** 2 if mode == "none" else 16
+    return tokens + 4 <= cfg.llm_max_positions
+
+
+def measure_prefill_cost(lengths: Sequence[int], modes: Sequence[str], chunk_frames: int = 64,
+                         ways: Sequence[str] = ("streamed", "one_shot"), repeats: int = 3) -> List[Dict]:
+    """One row per (mode, way, length) that fits the LLM: median ms over `repeats` calls after a warm-up, and
+    the peak memory above the start of one call (MiB, fresh process)."""
+    rows = []
+    for mode in modes:
+        for how in ways:
+            for frames in lengths:
+                if not fits(mode, frames):
+                    continue
+                run = prefill_fn(mode, frames, chunk_frames, how)
+                run()  # warm-up
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    run()
+                    times.append((time.perf_counter() - start) * 1e3)
+                peak = peak_extra_mib(functools.partial(prefill_fn, mode, frames, chunk_frames, how), "cpu")
+                rows.append({"mode": mode, "way": how, "frames": frames, "ms": round(statistics.median(times), 1),
+                             "peak_mib": round(peak, 1)})
+    return rows

@@ -100,6 +100,10 @@ def check_07_long_video(m):
         focus = m["window_focus"][str(length)]
         assert {"mean", "softmax 0.01", "normalized (paper)"} <= set(focus)
         assert all(0 <= v <= 1 + 1e-5 for v in focus.values())
+    cost = m["prefill_cost"]["rows"]
+    assert {(r["mode"], r["way"]) for r in cost} == {(mode, way) for mode in ("none", "adaptive", "prompt")
+                                                     for way in ("streamed", "one_shot")}
+    assert all(r["ms"] > 0 and r["peak_mib"] >= 0 for r in cost)
     # One margin for every length, chosen at the shortest: the smallest within 0.01 of the best focus there.
     shortest = str(min(m["lengths"]))
     assert m["pool_margin"]["chosen_at_frames"] == min(m["lengths"])

@@ -37,6 +37,8 @@ def test_pooling_variants_meet_at_prompt_poolings_budget():
                       "merge": 16, "dominant": 16}
     with pytest.raises(ValueError, match="no pooling variant 'topk'"):  # applied to the `none` model, not trained
         Recipe("unused", smoke=True).pooling_variant("topk", "sft1")
+    with pytest.raises(ValueError, match="margin is the 'invariant' weighting of prompt pooling; pooling variant 'adaptive'"):
+        Recipe("unused", smoke=True).pooling_variant("adaptive", margin=4.0)
 
 
 @pytest.fixture(scope="module")

@@ -143,17 +143,26 @@ class Recipe:
             fields["data"] = str(data)
         return self._train_once(name, TrainConfig(**fields))
 
-    def pooling_variant(self, mode: str, start: str = "sft2") -> Path:
+    def pooling_variant(self, mode: str, start: str = "sft2", margin: Optional[float] = None) -> Path:
         """Stage 2 in pooling `mode` (a key of POOLING_VARIANTS), VARIANT_STEPS steps from `start`:
         "sft2" (out/sft2-<mode>: the recipe's stage 2, itself trained with prompt pooling, a head start
         for that row) or "sft1" (out/sft1-<mode>: stage 1, where no LLM has yet read pooled tokens, so
         every mode starts equal). "oracle" pools by the world's ground truth instead of CLIP's map, in
-        training too: a model trained on one map does not read tokens pooled by another."""
+        training too: a model trained on one map does not read tokens pooled by another. `margin` (prompt
+        and oracle only): weight the windows with the 'invariant' rule at that margin instead of the
+        released softmax (out/<start>-<mode>-inv<margin>); an LLM reads best the tokens of the rule it was
+        trained on, so a row pooled by that rule starts here."""
         if mode not in POOLING_VARIANTS:
             raise ValueError(f"no pooling variant {mode!r}; modes are {list(POOLING_VARIANTS)}")
         if start not in ("sft1", "sft2"):
             raise ValueError(f"pooling variants start from 'sft1' or 'sft2', got {start!r}")
-        return self.variant(f"{start}-{mode}", "sft2", model=POOLING_VARIANTS[mode], init_from=str(self.model_dir(start)),
+        overrides, name = dict(POOLING_VARIANTS[mode]), f"{start}-{mode}"
+        if margin is not None:
+            if mode not in ("prompt", "oracle"):
+                raise ValueError(f"margin is the 'invariant' weighting of prompt pooling; pooling variant {mode!r} has "
+                                 "no window weights")
+            overrides, name = {**overrides, "weighting": "invariant", "pool_margin": float(margin)}, f"{name}-inv{margin:g}"
+        return self.variant(name, "sft2", model=overrides, init_from=str(self.model_dir(start)),
                             max_steps=3 if self.smoke else VARIANT_STEPS,
                             relevance="oracle" if mode == "oracle" else "model")
 

@@ -31,18 +31,18 @@ CLIP_PROMPT = [49406, 320, 1125, 49407]  # BOS, two words, EOS: the prompt's len
 
 
 class SyntheticFrames:
-    """A FrameSource of n videos of T random frames, each frame drawn when read (seeded by its index, so
-    any chunking reads the same video), so the whole video never exists."""
+    """A FrameSource of n videos of T random frames that never holds the video: frame t is frame
+    t % bank of a bank drawn once, so reading a chunk costs a copy, like the pixel tensor's slice
+    (the cost being measured is the model's, not the drawing's)."""
 
-    def __init__(self, num_videos: int, num_frames: int, size: int, seed: int = 0):
-        self.num_videos, self.num_frames, self.size, self.seed = num_videos, num_frames, size, seed
+    def __init__(self, num_videos: int, num_frames: int, size: int, seed: int = 0, bank: int = 64):
+        self.num_videos, self.num_frames = num_videos, num_frames
+        g = torch.Generator().manual_seed(seed)
+        self.bank = torch.randn(num_videos, min(bank, num_frames), 3, size, size, generator=g)
 
     def read(self, start: int, stop: int) -> torch.Tensor:
-        def frame(t):
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + t)
-            return torch.randn(self.num_videos, 3, self.size, self.size, generator=g)
-
-        return torch.stack([frame(t) for t in range(start, stop)], dim=1)
+        index = torch.arange(start, stop) % self.bank.shape[1]
+        return self.bank.index_select(1, index)
 
 
 def prefill_fn(mode: str, frames: int, chunk_frames: int, how: str):

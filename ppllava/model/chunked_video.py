@@ -157,21 +157,23 @@ def _temporal_windows(tokens, chunks, T: int, out_t: int, out_hw, *, adaptive: b
 
 def _add_into_windows(tokens, chunks, weights: torch.Tensor, out, kernel, stride) -> torch.Tensor:
     """Pass 2 of `prompt`: out[w] = sum_{i in w} a_i x_i, each chunk's frames added into the temporal
-    windows that hold them (at offset t - j * dT of window j), spatial offsets (b, c) in row-major order
-    as `prompt_guided_pool3d` adds them. weights (n, T', H', W', K), K = kT*kH*kW in (a, b, c) order ->
-    (n, T', H', W', D) in the tokens' dtype, accumulated in float32."""
+    windows that hold them: for window j, the chunk's frames [lo, hi) sit at offsets lo - j*dT ..
+    hi - 1 - j*dT, one product over them per spatial offset (b, c). weights (n, T', H', W', K), K =
+    kT*kH*kW in (a, b, c) order -> (n, T', H', W', D) in the tokens' dtype, accumulated in float32."""
     (oT, oH, oW), (kT, kH, kW), (dT, dH, dW) = out, kernel, stride
-    w6 = weights.reshape(*weights.shape[:4], kT, kH * kW)
+    w6 = weights.reshape(*weights.shape[:4], kT, kH * kW)  # (n, T', H', W', kT, kH*kW)
     rows = [None] * oT  # one (n, H', W', D) sum per temporal window: the output's size
     for a, b in chunks:
         x = tokens(a, b)  # (n, c, g, g, D)
         acc_dtype = torch.promote_types(x.dtype, torch.float32)
-        for t in range(a, b):
-            for j in range(max(0, -(-(t - kT + 1) // dT)), min(oT - 1, t // dT) + 1):
-                offset = t - j * dT
-                for spot in range(kH * kW):
-                    bh, bw = divmod(spot, kW)
-                    view = x[:, t - a, bh : bh + (oH - 1) * dH + 1 : dH, bw : bw + (oW - 1) * dW + 1 : dW]
-                    term = view.to(acc_dtype) * w6[:, j, :, :, offset, spot, None]
-                    rows[j] = term if rows[j] is None else rows[j] + term
+        for j in range(max(0, -(-(a - kT + 1) // dT)), min(oT - 1, (b - 1) // dT) + 1):
+            lo, hi = max(a, j * dT), min(b, j * dT + kT)  # frames of window j in this chunk
+            if lo >= hi:
+                continue
+            for spot in range(kH * kW):
+                bh, bw = divmod(spot, kW)
+                view = x[:, lo - a : hi - a, bh : bh + (oH - 1) * dH + 1 : dH, bw : bw + (oW - 1) * dW + 1 : dW]
+                mix = w6[:, j, :, :, lo - j * dT : hi - j * dT, spot]  # (n, H', W', frames)
+                term = torch.einsum("nthwd,nhwt->nhwd", view.to(acc_dtype), mix)
+                rows[j] = term if rows[j] is None else rows[j] + term
     return torch.stack(rows, dim=1).to(x.dtype)

@@ -159,8 +159,9 @@ def test_bad_model_args_are_named(setup, tmp_path):
         PPLLaVALMMS(str(model_dir), device="cpu", pooling="topk", video_token_budget=999)
     pruned = PPLLaVALMMS(str(model_dir), device="cpu", pooling="fastv", video_token_budget=8, fastv_layer=1)
     assert (pruned.model.config.fastv_layer, pruned.model.pruned_video_token_count(8)) == (1, 8)
-    invariant = PPLLaVALMMS(str(model_dir), device="cpu", weighting="invariant", pool_margin="2.5")
+    invariant = PPLLaVALMMS(str(model_dir), device="cpu", weighting="invariant", pool_margin="2.5", video_chunk_frames=4)
     assert (invariant.model.config.weighting, invariant.model.config.pool_margin) == ("invariant", 2.5)
+    assert invariant.model.config.video_chunk_frames == 4
     with pytest.raises(ValueError, match="weighting must be one of"):
         PPLLaVALMMS(str(model_dir), device="cpu", weighting="max")
     docs = video_docs(world / "test.json")[:1]

@@ -18,6 +18,7 @@ Model args (lmms-eval's key=value list; a T x H x W shape is written 4x2x2, sinc
   video_kernel, video_stride, video_output_size, pool_temperature: the pooling's geometry and sharpness
   weighting, pool_margin  prompt pooling's window weights: softmax | normalized | invariant, and the
                    margin of "invariant" (one rule for every video length; ppllava.ops.pooling)
+  video_chunk_frames  frames the tower, relevance and pooling read at a time (long videos; default: all)
   num_frames       frames sampled per video, uniformly (default: the checkpoint's)
   reader           decord | pyav | frames (a folder of frame images per video); default: decord
   tokenizer        a tokenizer directory, or "world" (the kit's word-level one); default: the
@@ -74,7 +75,8 @@ class PPLLaVALMMS(lmms):
 
     def __init__(self, pretrained: str, pooling: Optional[str] = None, video_kernel=None, video_stride=None,
                  video_output_size=None, pool_temperature: Optional[float] = None, weighting: Optional[str] = None,
-                 pool_margin: Optional[float] = None, num_frames: Optional[int] = None,
+                 pool_margin: Optional[float] = None, video_chunk_frames: Optional[int] = None,
+                 num_frames: Optional[int] = None,
                  video_token_budget: Optional[int] = None, fastv_layer: Optional[int] = None,
                  reader: Optional[str] = None, clip: Optional[str] = None, clip_model: Optional[str] = None,
                  tokenizer: Optional[str] = None, template: Optional[str] = None, device: Optional[str] = None,
@@ -89,7 +91,8 @@ class PPLLaVALMMS(lmms):
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {"pooling": pooling, "pool_temperature": pool_temperature, "weighting": weighting,
-                     "pool_margin": None if pool_margin is None else float(pool_margin), "num_frames": num_frames,
+                     "pool_margin": None if pool_margin is None else float(pool_margin),
+                     "video_chunk_frames": video_chunk_frames, "num_frames": num_frames,
                      "video_token_budget": video_token_budget, "fastv_layer": fastv_layer,
                      **{name: parse_shape(name, value) for name, value in
                         zip(SHAPES, (video_kernel, video_stride, video_output_size))}}

@@ -99,6 +99,25 @@ def accuracy_by_length(results: List[Dict[str, str]], records: Sequence[dict]) -
     return {length: sum(v) / len(v) for length, v in sorted(hits.items())}
 
 
+def counts_by_depth(results: List[Dict[str, str]], records: Sequence[dict], bins: int = 5) -> List[Tuple[int, int]]:
+    """(right, asked) per needle depth bin: where in its video the asked-about object first appears,
+    first needle frame / frames, in `bins` equal bins (0-20 %, ..., 80-100 % for 5; V-NIAH's depth axis).
+    A record without `needle_frames` is a ValueError naming its id."""
+    if bins < 1:
+        raise ValueError(f"bins must be >= 1, got {bins}")
+    depth = {}
+    for r in records:
+        if not r.get("needle_frames"):
+            raise ValueError(f"record {r.get('id')!r} has no needle_frames: counts_by_depth reads needle videos")
+        depth[str(r["id"])] = min(bins - 1, int(bins * r["needle_frames"][0] / int(r["frames"])))
+    counts = [[0, 0] for _ in range(bins)]
+    for r in results:
+        b = depth[str(r["id"])]
+        counts[b][0] += answer_correct(r["predicted"], r["answer"], r.get("task", "?"))
+        counts[b][1] += 1
+    return [tuple(c) for c in counts]
+
+
 def wilson_interval(hits: int, n: int, z: float = 1.959964) -> Tuple[float, float]:
     """The Wilson score interval of a proportion hits / n (95 % by default): unlike the normal
     approximation it stays inside [0, 1] and is sensible at 0 or n hits."""

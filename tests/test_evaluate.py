@@ -65,3 +65,15 @@ def test_wilson_interval_matches_the_formula_and_stays_in_range():
     assert wilson_interval(0, 10)[0] == 0.0 and wilson_interval(10, 10)[1] == pytest.approx(1.0)
     with pytest.raises(ValueError, match="hits=3, n=2"):
         wilson_interval(3, 2)
+
+
+def test_counts_by_depth_bins_the_needles_first_frame():
+    from ppllava.evaluate import counts_by_depth
+
+    records = [{"id": "a", "frames": 100, "needle_frames": [0, 1]}, {"id": "b", "frames": 100, "needle_frames": [19]},
+               {"id": "c", "frames": 100, "needle_frames": [20]}, {"id": "d", "frames": 100, "needle_frames": [99]}]
+    results = [{"id": k, "answer": "red", "predicted": p, "task": "needle"}
+               for k, p in (("a", "red"), ("b", "blue"), ("c", "red"), ("d", "red"))]
+    assert counts_by_depth(results, records) == [(1, 2), (1, 1), (0, 0), (0, 0), (1, 1)]
+    with pytest.raises(ValueError, match="record 'x' has no needle_frames"):
+        counts_by_depth(results, [{"id": "x", "frames": 8}])

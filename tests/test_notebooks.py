@@ -92,9 +92,12 @@ def check_06_dpo(m):
 def check_07_long_video(m):
     assert m["tokens_per_video"] == 16
     for length in m["lengths"]:
-        rows = {r["mode"]: r["accuracy"] for r in m["needle"] if r["frames"] == length}
+        rows = {r["mode"]: r for r in m["needle"] if r["frames"] == length}
         assert set(rows) == {"temporal_mean", "adaptive", "prompt", "prompt (oracle relevance)"}
-        assert all(0 <= v <= 1 for v in rows.values())
+        for r in rows.values():
+            assert r["accuracy"] == r["hits"] / r["n"] and r["interval"][0] <= r["accuracy"] <= r["interval"][1]
+            assert len(r["by_depth"]) == 5 and sum(d["n"] for d in r["by_depth"]) == r["n"]
+            assert sum(d["hits"] for d in r["by_depth"]) == r["hits"]
     assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
     for length in m["lengths"]:
         focus = m["window_focus"][str(length)]

@@ -78,6 +78,10 @@ def test_recipe_reuses_what_it_trained_and_refuses_to_mix_runs(smoke_run):
         again.variant("sft2-adaptive", "sft2", model={"pooling": "adaptive", "video_output_size": (2, 2, 2)})
     with pytest.raises(ValueError, match="one of the recipe's stages"):
         again.variant("sft2", "sft2")
+    # The same fields from another start: not the run asked for (a needle row from another short-clip stage).
+    with pytest.raises(ValueError, match=r"was trained from sft1/model, not from sft2/model"):
+        again.variant("sft2-adaptive", "sft2", model={"pooling": "adaptive", "video_output_size": (4, 2, 2)},
+                      init_from=str(out / "sft2" / "model"))
 
 
 def test_a_moved_recipe_directory_is_still_reused(smoke_run, tmp_path):

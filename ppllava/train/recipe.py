@@ -170,9 +170,14 @@ class Recipe:
         path = self.out / name / "model"
         saved = self.out / name / "train_config.yaml"
         if (path / "config.yaml").exists():
-            if saved.exists() and _training_fields(TrainConfig.from_yaml(saved)) != _training_fields(cfg):
-                raise ValueError(f"{path} was trained with another config ({saved}) than the one asked for now; "
-                                 "delete the directory to retrain it, or use another name")
+            if saved.exists():
+                before = TrainConfig.from_yaml(saved)
+                if _training_fields(before) != _training_fields(cfg):
+                    raise ValueError(f"{path} was trained with another config ({saved}) than the one asked for now; "
+                                     "delete the directory to retrain it, or use another name")
+                if _start(before) != _start(cfg):
+                    raise ValueError(f"{path} was trained from {_start(before)}, not from {_start(cfg)} as asked now; "
+                                     "delete the directory to retrain it, or use another name")
             return path
         self.seconds[name] = float(run(cfg)["wall_seconds"])
         return path
@@ -249,6 +254,17 @@ class Recipe:
                 "pointing_object": [round(scores["object"] * len(pairs)), len(pairs)],
                 "sft": {task: list(c) for task, c in counts_by_task(
                     generate_answers(sft, LLaVADataset(path, sft.config, tokenizer))).items()}}
+
+
+def _start(cfg: TrainConfig) -> Optional[str]:
+    """The model a run starts from, as a path relative to the recipe directory when it lies inside it
+    (so a moved recipe directory keeps its runs), else as given."""
+    if not cfg.init_from:
+        return None
+    try:
+        return str(Path(cfg.init_from).relative_to(Path(cfg.run_dir).parent))
+    except ValueError:
+        return str(cfg.init_from)
 
 
 def _training_fields(cfg: TrainConfig) -> Dict[str, object]:

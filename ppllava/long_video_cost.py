@@ -74,9 +74,11 @@ def fits(mode: str, frames: int) -> bool:
 
 
 def measure_prefill_cost(lengths: Sequence[int], modes: Sequence[str], chunk_frames: int = 64,
-                         ways: Sequence[str] = ("streamed", "one_shot"), repeats: int = 3) -> List[Dict]:
+                         ways: Sequence[str] = ("streamed", "one_shot"), repeats: int = 3,
+                         peak: bool = True) -> List[Dict]:
     """One row per (mode, way, length) that fits the LLM: median ms over `repeats` calls after a warm-up, and
-    the peak memory above the start of one call (MiB, fresh process)."""
+    the peak memory above the start of one call (MiB, fresh process; None without `peak`, which saves a
+    process start per row, e.g. in smoke runs)."""
     rows = []
     for mode in modes:
         for how in ways:
@@ -90,7 +92,7 @@ def measure_prefill_cost(lengths: Sequence[int], modes: Sequence[str], chunk_fra
                     start = time.perf_counter()
                     run()
                     times.append((time.perf_counter() - start) * 1e3)
-                peak = peak_extra_mib(functools.partial(prefill_fn, mode, frames, chunk_frames, how), "cpu")
+                mib = peak_extra_mib(functools.partial(prefill_fn, mode, frames, chunk_frames, how), "cpu") if peak else None
                 rows.append({"mode": mode, "way": how, "frames": frames, "ms": round(statistics.median(times), 1),
-                             "peak_mib": round(peak, 1)})
+                             "peak_mib": None if mib is None else round(mib, 1)})
     return rows

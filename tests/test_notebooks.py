@@ -106,7 +106,7 @@ def check_07_long_video(m):
     cost = m["prefill_cost"]["rows"]
     assert {(r["mode"], r["way"]) for r in cost} == {(mode, way) for mode in ("none", "adaptive", "prompt")
                                                      for way in ("streamed", "one_shot")}
-    assert all(r["ms"] > 0 and r["peak_mib"] >= 0 for r in cost)
+    assert all(r["ms"] > 0 and (r["peak_mib"] is None if m["smoke"] else r["peak_mib"] >= 0) for r in cost)
     # One margin for every length, chosen at the shortest: the smallest within 0.01 of the best focus there.
     shortest = str(min(m["lengths"]))
     assert m["pool_margin"]["chosen_at_frames"] == min(m["lengths"])

@@ -184,11 +184,9 @@ def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_ob
             appear = int(rng.integers(0, num_frames - needle + 1))
             vanish = appear + needle
         elif needle is None and num_frames >= 4 and rng.random() < 0.3:
-        # Appears later: in frames [ceil(T/4), T/2], missing from at least the first quarter of the clip.
-        # At 8 frames that is the first two, which prompt pooling's temporal kernel 2 mixes into one token:
-        # drawn from [0, T/2), an object appearing at frame 1 was in that token, and a quarter of the draws
-        # (frame 0) were not late at all (issue #14: temporal order read 0.33 of 114 held-out questions).
-            appear = int(rng.integers(0, num_frames // 2))  # appears later
+            # Appears later, drawn from [0, T/2) as the measured quadrant world always was (the free layout
+            # draws from [ceil(T/4), T/2]: see _free_object).
+            appear = int(rng.integers(0, num_frames // 2))
         if shifted:  # the shift must not push the object (or, a mover, its end) out of the frame
             ends = [start, (start[0] + velocity[0] * (vanish - 1 - appear), start[1] + velocity[1] * (vanish - 1 - appear))]
             radius = min([radius] + [min(x, y, size - x, size - y) for x, y in ends])

@@ -145,13 +145,11 @@ def window_weights(
         stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
     if weighting == "softmax":
         return torch.softmax(stacked / temperature, dim=-1)
+    if weighting in ("normalized", "invariant") and bool((s < 0).any()):  # s as a share (normalized), log s (invariant)
+        raise ValueError(f"weighting {weighting!r} needs a non-negative relevance map; got negative values")
     if weighting == "invariant":
-        if bool((s < 0).any()):
-            raise ValueError("weighting 'invariant' reads log s and needs a non-negative relevance map; got negative values")
         return _invariant_weights(stacked, margin)
     if weighting == "normalized":
-        if bool((s < 0).any()):
-            raise ValueError("weighting 'normalized' needs a non-negative relevance map; got negative values")
         total = stacked.sum(-1, keepdim=True)
         uniform = torch.full_like(stacked, 1.0 / stacked.shape[-1])
         return torch.where(total > 0, stacked / total.clamp_min(torch.finfo(s.dtype).tiny), uniform)
@@ -163,15 +161,14 @@ def _invariant_weights(stacked: torch.Tensor, margin: float) -> torch.Tensor:
     present = stacked > 0
     count = present.sum(-1, keepdim=True)
     # clamp before log: log(0) has an infinite gradient that would turn the masked-out branch into NaN
-    floor = math.log(torch.finfo(stacked.dtype).tiny)
-    log_s = stacked.clamp_min(torch.finfo(stacked.dtype).tiny).log()
+    tiny = torch.finfo(stacked.dtype).tiny
+    log_s = stacked.clamp_min(tiny).log()
     # a window of zeros has no best patch: the floor keeps its (discarded) arithmetic finite, gradients too
-    best = log_s.masked_fill(~present, float("-inf")).amax(-1, keepdim=True).clamp_min(floor)
+    best = log_s.masked_fill(~present, float("-inf")).amax(-1, keepdim=True).clamp_min(math.log(tiny))
     rest = (count - 1).clamp_min(1)
     gap = (best - (log_s.masked_fill(~present, 0.0).sum(-1, keepdim=True) - best) / rest).clamp_min(FLAT_SPREAD)
     logits = ((log_s - best) * ((margin + rest.to(log_s.dtype).log()) / gap)).masked_fill(~present, float("-inf"))
-    weights = torch.softmax(logits.masked_fill(count == 0, 0.0), dim=-1)  # a window of zeros: the plain mean
-    return weights
+    return torch.softmax(logits.masked_fill(count == 0, 0.0), dim=-1)  # a window of zeros: the plain mean
 
 
 def _check_tokens(x: torch.Tensor, grid) -> Triple:

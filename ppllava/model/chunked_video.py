@@ -21,13 +21,11 @@ from __future__ import annotations
 from typing import Optional, Protocol
 
 import torch
-import torch.nn.functional as F
 
 from ppllava.model import inputs
-from ppllava.ops import check_finite, prompt_relevance, window_geometry
+from ppllava.ops import POOLING_MODES, adaptive_pool3d, check_finite, pool_visual_tokens, prompt_relevance, window_geometry
 from ppllava.ops.pooling import window_weights
-
-CHUNKED_MODES = ("none", "temporal_mean", "adaptive", "spatial", "prompt")
+from ppllava.ops.relevance import relevance_softmax
 
 
 class FrameSource(Protocol):
@@ -77,8 +75,7 @@ def chunked_relevance(model, frames: FrameSource, chunk_frames: int, prompt_embe
         prompt_relevance(model._patch_embeds(_chunk_tokens(model, frames, t, min(t + chunk_frames, T), project=False)),
                          prompt_embeds, model.logit_scale, check_finite=cfg.check_finite)[0]
         for t in range(0, T, chunk_frames)], dim=1)
-    tau = model.logit_scale.to(r.dtype).exp()
-    return torch.softmax(tau * r.flatten(1), dim=-1).view_as(r)
+    return relevance_softmax(r, model.logit_scale)
 
 
 def chunked_video_tokens(model, frames: FrameSource, chunk_frames: int, *,
@@ -88,8 +85,8 @@ def chunked_video_tokens(model, frames: FrameSource, chunk_frames: int, *,
     (n, video_token_count(T), D). `prompt_embeds` (n, Dc) for 'prompt', or `relevance` (n, T, g, g), a
     given map (an oracle), which skips pass 1."""
     cfg, mode = model.config, model.config.pooling
-    if mode not in CHUNKED_MODES:
-        raise ValueError(f"chunked encoding covers the pooling modes {CHUNKED_MODES}; pooling {mode!r} selects or "
+    if mode not in POOLING_MODES:
+        raise ValueError(f"chunked encoding covers the pooling modes {POOLING_MODES}; pooling {mode!r} selects or "
                          "prunes over the whole video at once")
     if chunk_frames < 1:
         raise ValueError(f"chunk_frames must be >= 1, got {chunk_frames}")
@@ -116,24 +113,15 @@ def chunked_video_tokens(model, frames: FrameSource, chunk_frames: int, *,
         pooled = _add_into_windows(tokens, chunks, weights, out, kernel, stride)
     elif mode == "none":
         pooled = torch.cat([tokens(a, b) for a, b in chunks], dim=1)
-    elif mode == "spatial":  # LLaVA-NeXT-Video's 2 x 2 per frame, floor mode as `pool_visual_tokens`
-        h, w = max(1, g // 2), max(1, g // 2)
-        pooled = torch.cat([_frame_mean(tokens(a, b), (min(2, g), min(2, g)), (h, w)) for a, b in chunks], dim=1)
+    elif mode == "spatial":  # per frame: each chunk pooled on its own is the video's pooling, frame by frame
+        pooled = torch.cat([pool_visual_tokens(tokens(a, b).flatten(1, 3), (b - a, g, g), "spatial", check_finite=False)[0]
+                            for a, b in chunks], dim=1)
     elif mode == "temporal_mean":
         pooled = _temporal_windows(tokens, chunks, T, 1, (g, g), adaptive=False)
     else:  # adaptive
         pooled = _temporal_windows(tokens, chunks, T, out_grid[0], out_grid[1:], adaptive=True)
     pooled = pooled.reshape(n, -1, pooled.shape[-1])
     return model.projector(pooled) if before else pooled
-
-
-def _frame_mean(x: torch.Tensor, kernel, out) -> torch.Tensor:
-    """Per frame, plain means over tiling (kH, kW) windows with a floor-mode remainder:
-    (n, c, g, g, D) -> (n, c, H', W', D)."""
-    n, c, _, _, D = x.shape
-    kh, kw = kernel
-    x = x[:, :, : out[0] * kh, : out[1] * kw]
-    return x.reshape(n, c, out[0], kh, out[1], kw, D).mean(dim=(3, 5))
 
 
 def _temporal_windows(tokens, chunks, T: int, out_t: int, out_hw, *, adaptive: bool) -> torch.Tensor:
@@ -146,7 +134,8 @@ def _temporal_windows(tokens, chunks, T: int, out_t: int, out_hw, *, adaptive: b
     for a, b in chunks:
         x = tokens(a, b)  # (n, c, g, g, D)
         if adaptive:  # spatial adaptive means per frame: (n, c, H', W', D)
-            x = F.adaptive_avg_pool3d(x.permute(0, 4, 1, 2, 3), (b - a, *out_hw)).permute(0, 2, 3, 4, 1)
+            n, c, g1, g2, D = x.shape
+            x = adaptive_pool3d(x.flatten(1, 3), (c, g1, g2), (c, *out_hw), check_finite=False)[0].view(n, c, *out_hw, D)
         for i, (lo, hi) in enumerate(zip(starts, stops)):
             lo, hi = max(lo, a), min(hi, b)
             if lo < hi:

@@ -48,6 +48,11 @@ def prompt_relevance(
     e = F.normalize(patch_embeds.to(dtype), dim=-1)
     c = F.normalize(text_embeds.to(dtype), dim=-1)
     r = torch.einsum("bthwc,bc->bthw", e, c)
-    tau = torch.as_tensor(logit_scale, dtype=dtype, device=r.device).exp()
-    s = torch.softmax(tau * r.flatten(1), dim=-1).view_as(r)
-    return r, s
+    return r, relevance_softmax(r, logit_scale)
+
+
+def relevance_softmax(r: torch.Tensor, logit_scale: Union[float, torch.Tensor]) -> torch.Tensor:
+    """s = softmax over all T*H*W positions of tau * r, tau = exp(logit_scale): (B, T, H, W) -> (B, T, H, W),
+    in r's dtype. Split out so an encoder that gets r a chunk of frames at a time normalises once."""
+    tau = torch.as_tensor(logit_scale, dtype=r.dtype, device=r.device).exp()
+    return torch.softmax(tau * r.flatten(1), dim=-1).view_as(r)

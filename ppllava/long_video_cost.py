@@ -22,6 +22,7 @@ import torch
 from ppllava.config import PPLLaVAConfig
 from ppllava.memory import peak_extra_mib
 from ppllava.model import PPLLaVA
+from ppllava.model.token_layout import TokenLayout
 
 # 16 visual tokens per video, as in notebook 07
 MODES = {"none": {"pooling": "none"},
@@ -69,8 +70,7 @@ def prefill_fn(mode: str, frames: int, chunk_frames: int, how: str):
 def fits(mode: str, frames: int) -> bool:
     """Whether the prompt with this video's tokens fits the tiny LLM's positions (`none` keeps every token)."""
     cfg = PPLLaVAConfig.from_name("tiny", num_frames=frames, **MODES[mode])
-    tokens = frames * cfg.patch_grid ** 2 if mode == "none" else 16
-    return tokens + 4 <= cfg.llm_max_positions
+    return TokenLayout(cfg).video_token_count(frames) + 4 <= cfg.llm_max_positions  # + prefill_fn's 4 text tokens
 
 
 def measure_prefill_cost(lengths: Sequence[int], modes: Sequence[str], chunk_frames: int = 64,

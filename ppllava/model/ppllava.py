@@ -413,7 +413,7 @@ class PPLLaVA(nn.Module):
         """A long video's visual tokens (n, video_token_count(T), D) from a `chunked_video.FrameSource`, its
         pixels read `chunk_frames` (default `video_chunk_frames`) at a time, so that neither they nor the
         patch features are ever all in memory; hand the result to `forward` / `generate` as `video_embeds`."""
-        chunk = chunk_frames or self.config.video_chunk_frames
+        chunk = chunk_frames if chunk_frames is not None else self.config.video_chunk_frames  # 0: refused below
         if chunk is None:
             raise ValueError("long_video_tokens needs chunk_frames or config.video_chunk_frames")
         prompts = None

@@ -8,6 +8,7 @@ from typing import Callable
 import torch
 
 from ppllava.memory import peak_extra_mib  # noqa: F401  (re-exported: the benchmarks import it from here)
+from ppllava.model import PPLLaVA
 
 
 def sync(device: str) -> None:
@@ -37,3 +38,25 @@ def cuda_peak_extra_mib(fn: Callable[[], object]) -> float:
     fn()
     torch.cuda.synchronize()
     return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def random_paper_model(config, device: str) -> PPLLaVA:
+    """A model of `config` (the paper's widths: 7B parameters) with random N(0, 0.02) weights, built on
+    the meta device and filled on `device`, so no full-size copy is ever initialised on the CPU."""
+    with torch.device("meta"):
+        model = PPLLaVA(config)
+    model = model.to_empty(device=device)
+    with torch.no_grad():
+        for t in [*model.parameters(), *model.buffers()]:
+            if t.is_floating_point():
+                t.normal_(0, 0.02)
+        model.logit_scale.fill_(4.6052)
+    # Buffers computed at construction, not loaded: make them again on the device.
+    model.clip_text.embeddings.register_buffer(
+        "position_ids", torch.arange(config.text_context_length, device=device).expand((1, -1)), persistent=False)
+    positions = (config.image_size // config.patch_size) ** 2 + 1
+    model.vision_tower.embeddings.register_buffer(
+        "position_ids", torch.arange(positions, device=device).expand((1, -1)), persistent=False)
+    rotary = model.language_model.model.rotary_emb
+    model.language_model.model.rotary_emb = type(rotary)(config=model.llm_config).to(device)
+    return model

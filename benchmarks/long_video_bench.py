@@ -5,15 +5,63 @@ side by side in one run (ppllava/long_video_cost.py says how each is measured).
 
     python benchmarks/long_video_bench.py                         # 16 -> 2,048 frames, chunks of 64
     python benchmarks/long_video_bench.py --frames 16 256 --chunk 32 --json out.json
+    python benchmarks/long_video_bench.py --paper --frames 32 256 2048    # CUDA, bf16, ViT-L + Vicuna-7B
+
+`--paper`: the paper's widths with random weights in bf16 on a GPU, 1,024 visual tokens per video
+(`video_output_size` (16, 8, 8), the paper's count at 32 frames) at every length; time and the CUDA
+allocator's peak above what the model and (one_shot) the pixels already hold, in this process.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 import torch
 
-from ppllava.long_video_cost import MODES, measure_prefill_cost
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import cuda_peak_extra_mib, random_paper_model, time_ms  # noqa: E402
+
+from ppllava.config import PPLLaVAConfig  # noqa: E402
+from ppllava.long_video_cost import CLIP_PROMPT, MODES, SyntheticFrames, measure_prefill_cost  # noqa: E402
+from ppllava.model.token_layout import TokenLayout  # noqa: E402
+
+PAPER_MODES = {"none": {"pooling": "none"},
+               "adaptive": {"pooling": "adaptive", "video_output_size": (16, 8, 8)},
+               "prompt": {"pooling": "prompt", "video_output_size": (16, 8, 8), "weighting": "invariant"}}
+
+
+def paper_rows(lengths, modes, chunk_frames: int, repeats: int, device: str):
+    """`measure_prefill_cost`'s rows at the paper's widths (one model, its parameter-free mode switched)."""
+    model = random_paper_model(PPLLaVAConfig.from_name("paper", **PAPER_MODES["prompt"]), device).to(torch.bfloat16).eval()
+    clip_ids = torch.tensor([CLIP_PROMPT], device=device)
+    rows = []
+    for mode in modes:
+        for frames in lengths:
+            model.config = PPLLaVAConfig.from_name("paper", num_frames=frames, **PAPER_MODES[mode])
+            n = TokenLayout(model.config).video_token_count(frames)
+            if n + 4 > model.config.llm_max_positions:
+                continue
+            input_ids = torch.tensor([[1] + [model.config.video_token_id] * n + [5, 6, 7]], device=device)
+            source = SyntheticFrames(1, frames, model.config.image_size)
+            for how in ("streamed", "one_shot"):
+                pixels = source.read(0, frames).to(device, torch.bfloat16) if how == "one_shot" else None
+
+                @torch.no_grad()
+                def run():
+                    if pixels is not None:
+                        return model(input_ids, pixel_values_videos=pixels, clip_input_ids=clip_ids).logits
+                    tokens = model.long_video_tokens(source, clip_ids, chunk_frames=chunk_frames)
+                    return model(input_ids, video_embeds=tokens).logits
+
+                ms = time_ms(run, device, repeats)
+                rows.append({"mode": mode, "way": how, "frames": frames, "ms": round(ms, 1),
+                             "peak_mib": round(cuda_peak_extra_mib(run), 1)})
+                print(f"  {mode} {how} {frames}: {ms:.1f} ms, peak +{rows[-1]['peak_mib']:.0f} MiB", flush=True)
+                del pixels
+                torch.cuda.empty_cache()
+    return rows
 
 
 def ratios(rows, mode, way, short, long):
@@ -31,10 +79,16 @@ def main(argv=None) -> dict:
     parser.add_argument("--chunk", type=int, default=64, help="frames per chunk when streamed")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--json", help="also write the result here")
+    parser.add_argument("--paper", action="store_true", help="paper widths in bf16 on --device (a GPU)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="with --paper")
     args = parser.parse_args(argv)
-    rows = measure_prefill_cost(args.frames, args.modes, args.chunk, repeats=args.repeats)
+    if args.paper:
+        rows = paper_rows(args.frames, args.modes, args.chunk, args.repeats, args.device)
+    else:
+        rows = measure_prefill_cost(args.frames, args.modes, args.chunk, repeats=args.repeats)
     short, long = (256 if 256 in args.frames else min(args.frames)), max(args.frames)
-    result = {"preset": "tiny", "chunk_frames": args.chunk, "threads": torch.get_num_threads(), "rows": rows,
+    where = torch.cuda.get_device_name() if args.paper and args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    result = {"preset": "paper" if args.paper else "tiny", "chunk_frames": args.chunk, "device": where, "rows": rows,
               f"ratios {long} / {short} frames": {f"{m}, {w}": ratios(rows, m, w, short, long)
                                                   for m in args.modes for w in ("streamed", "one_shot")}}
     for r in rows:

@@ -3,7 +3,7 @@
     python benchmarks/paper_shape_check.py --device cuda
 
 Checks, each printed with its measured error: prompt-guided pooling of bf16 tokens vs the same
-pooling in fp32; uniform weights vs torch's avg_pool3d; forward+backward finite; relevance from
+pooling in fp32 (softmax, normalized and invariant weights); uniform weights vs torch's avg_pool3d; forward+backward finite; relevance from
 bf16 embeddings; a paper-sized Hugging Face CLIP text tower (768 wide, 12 layers) extended to
 248 positions encoding a 248-token prompt in bf16 vs fp32. Exits non-zero if a check fails.
 """
@@ -54,6 +54,11 @@ def main():
     results.append(check("pooling bf16 vs fp32, max abs error", float((pooled.detach().float() - pooled32).abs().max()), 0.05))
     pooled.float().square().mean().backward()
     results.append(check("backward: non-finite gradient entries", float((~torch.isfinite(x_low.grad)).sum()), 0))
+    for weighting in ("normalized", "invariant"):  # the paper's weights and the long-video rule (issue #15)
+        low_w, _ = prompt_guided_pool3d(x.to(dev, low), s_ref32, grid, kernel=(2, 3, 3), weighting=weighting, margin=4.0)
+        full_w, _ = prompt_guided_pool3d(x.to(dev), s_ref32, grid, kernel=(2, 3, 3), weighting=weighting, margin=4.0)
+        results.append(check(f"pooling bf16 vs fp32, weighting {weighting}, max abs error",
+                             float((low_w.float() - full_w).abs().max()), 0.05))
 
     uniform, _ = prompt_guided_pool3d(x.to(dev, low), None, grid, kernel=(2, 3, 3))
     x_cm = x.to(dev, low).reshape(B, T, H, W, D).permute(0, 4, 1, 2, 3).contiguous()

@@ -33,7 +33,7 @@ from typing import Iterator, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cuda_peak_extra_mib, peak_extra_mib, sync, time_ms  # noqa: E402
+from common import cuda_peak_extra_mib, peak_extra_mib, random_paper_model, sync, time_ms  # noqa: E402
 
 from ppllava.config import PPLLaVAConfig  # noqa: E402
 from ppllava.model import PPLLaVA, fastv  # noqa: E402
@@ -59,22 +59,8 @@ def bench_config(paper: bool, mode: str) -> PPLLaVAConfig:
 def build(paper: bool, device: str):
     config = bench_config(paper, "prompt")
     dtype = torch.bfloat16 if paper else torch.float32
-    if paper:  # 7B parameters: build without initialising, then fill on the GPU
-        with torch.device("meta"):
-            model = PPLLaVA(config)
-        model = model.to_empty(device=device)
-        with torch.no_grad():
-            for t in [*model.parameters(), *model.buffers()]:
-                if t.is_floating_point():
-                    t.normal_(0, 0.02)
-            model.logit_scale.fill_(4.6052)
-        # Buffers computed at construction, not loaded: make them again on the device.
-        model.clip_text.embeddings.register_buffer(
-            "position_ids", torch.arange(248, device=device).expand((1, -1)), persistent=False)
-        model.vision_tower.embeddings.register_buffer(
-            "position_ids", torch.arange(577, device=device).expand((1, -1)), persistent=False)
-        rotary = model.language_model.model.rotary_emb
-        model.language_model.model.rotary_emb = type(rotary)(config=model.llm_config).to(device)
+    if paper:  # 7B parameters: built on the GPU, random weights
+        model = random_paper_model(config, device)
     else:
         torch.manual_seed(0)
         model = PPLLaVA(config)

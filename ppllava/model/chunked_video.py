@@ -56,7 +56,8 @@ def _chunk_pixels(model, frames: FrameSource, start: int, stop: int) -> torch.Te
         got = tuple(pixels.shape) if isinstance(pixels, torch.Tensor) else type(pixels).__name__
         raise ValueError(f"frame source {type(frames).__name__}.read({start}, {stop}) must give pixels of shape "
                          f"{expected}, got {got}")
-    return pixels
+    # A source decodes on the CPU (VideoFileFrames); the tower may be on a GPU: only a chunk crosses.
+    return pixels.to(model.logit_scale.device)
 
 
 def _chunk_tokens(model, frames: FrameSource, start: int, stop: int, *, project: bool) -> torch.Tensor:

@@ -3,6 +3,7 @@ pooling's CUDA formulation in every weighting, the tiny model's logits in every 
 mode, long videos streamed from frames decoded on the CPU, and bf16 generation. TF32 is off so that
 fp32 on the GPU is compared with fp32 on the CPU, not with a 10-bit mantissa."""
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -32,12 +33,12 @@ def test_pooling_on_cuda_equals_the_cpu(weighting, grid, kernel, stride):
     x = torch.randn(2, n, D, generator=g)
     s = torch.softmax(torch.randn(2, n, generator=g) * 3, -1).reshape(2, *grid)
     results = []
-    for device in ("cpu", "cuda"):
-        x_, s_ = x.to(device).requires_grad_(), s.to(device).requires_grad_()
+    for device in ("cuda", "cpu"):  # CUDA first: on the CPU, .to() returns x itself, made a leaf that requires grad
+        x_, s_ = x.to(device).requires_grad_(), s.to(device).requires_grad_()  # new leaves: x, s never require grad
         y, _ = prompt_guided_pool3d(x_, s_, grid, kernel=kernel, stride=stride, temperature=0.05, weighting=weighting)
         (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
         results.append([t.detach().cpu() for t in (y, x_.grad, s_.grad)])
-    for cpu, cuda, name in zip(*results, ("pooled", "grad x", "grad s")):
+    for cuda, cpu, name in zip(*results, ("pooled", "grad x", "grad s")):
         torch.testing.assert_close(cuda, cpu, rtol=1e-4, atol=1e-5, msg=lambda m: f"{weighting} {name}: {m}")
 
 
@@ -87,3 +88,17 @@ def test_bf16_generation_on_cuda_is_finite_and_answers():
         new = model.generate(**batch, max_new_tokens=3, do_sample=False)
     assert logits.dtype == torch.bfloat16 and torch.isfinite(logits).all()
     assert new.shape == (2, 3)
+
+
+def test_a_training_stage_runs_on_cuda_in_bf16_mixed_with_gradient_clipping(tmp_path):
+    """The Trainer's GPU defaults (bf16-mixed, gradient_clip_val 1.0) with the kit's optimizer."""
+    from ppllava.data.world import WorldSpec, write_world
+    from ppllava.train.config import TrainConfig
+    from ppllava.train.run import run
+
+    write_world(tmp_path / "world", WorldSpec(), train=16, val=8, test=0, long_per_length=0, progress=False)
+    cfg = TrainConfig(stage="sft2", preset="tiny", data=str(tmp_path / "world"), run_dir=str(tmp_path / "sft2"),
+                      batch_size=8, lr=1e-3, max_epochs=1, max_steps=2, limit_val_batches=1)
+    assert cfg.gradient_clip_val > 0
+    metrics = run(cfg)
+    assert metrics["steps"] == 2 and all(math.isfinite(v) for v in metrics.values()), metrics

@@ -73,9 +73,12 @@ class _Stage(L.LightningModule):
                 (no_decay if any(k in name.lower() for k in NO_DECAY) or p.ndim < 2 else decay).append(p)
         groups = [{"params": decay, "weight_decay": self.train_config.weight_decay},
                   {"params": no_decay, "weight_decay": 0.0}]
-        # fused: one kernel for all parameters instead of a Python loop over them (torch's CPU default); 300
-        # steps of the tiny CLIP stage took 27.7 s against 33.1 s, SFT's data-bound steps the same (2026-11-29).
-        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.train_config.lr, fused=True)
+        # fused on the CPU: one kernel for all parameters instead of a Python loop over them (torch's CPU
+        # default); 300 steps of the tiny CLIP stage took 27.7 s against 33.1 s (2026-11-29). Not on a GPU:
+        # Lightning's mixed-precision plugin refuses to clip the gradients of an optimizer that unscales them
+        # itself, as fused AdamW does, and torch's CUDA default (foreach) is already one launch per group.
+        fused = self.device.type == "cpu"
+        optimizer = torch.optim.AdamW([g for g in groups if g["params"]], lr=self.train_config.lr, fused=fused)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         schedule = get_cosine_schedule_with_warmup(optimizer, int(self.train_config.warmup_ratio * total), total)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": schedule, "interval": "step"}}

@@ -245,9 +245,8 @@ def prefill(decoder: nn.Module, plan: Plan, hidden: torch.Tensor, attention_mask
     if position_ids is None:
         position_ids = torch.arange(S, device=hidden.device)[None]
     config = decoder.config
-    # The first four by position: transformers 5.24 renamed the fourth from past_key_values to cache (5.17 on
-    # the H200 image, 5.24 here: both run the tests).
-    mask = create_causal_mask(config, hidden, attention_mask, cache, position_ids=position_ids)
+    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=cache,
+                              position_ids=position_ids)
     rope = decoder.rotary_emb(hidden, position_ids)
     hidden = _run(layers[: K - 1], hidden, mask, rope, position_ids, cache)
     with torch.no_grad():  # the choice carries no gradient, as in FastV (and every selection op of the kit)
@@ -259,7 +258,7 @@ def prefill(decoder: nn.Module, plan: Plan, hidden: torch.Tensor, attention_mask
     short = pruned.valid if attention_mask is None else attention_mask.bool().gather(1, pruned.index) & pruned.valid
     # The shorter group's mask against its own cache layer. No position_ids: with neither mask nor cache,
     # transformers would read their jumps as packed sequences (and a 2D mask is always given here).
-    mask = create_causal_mask(config, hidden, short, cache, layer_idx=K)
+    mask = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=short, cache=cache, layer_idx=K)
     hidden = _run(layers[K:], hidden, mask, decoder.rotary_emb(hidden, position_ids), position_ids, cache)
     if cache is not None:
         cache.pruned = pruned
@@ -282,10 +281,11 @@ def decode(decoder: nn.Module, hidden: torch.Tensor, cache: FastVCache, attentio
         attention_mask = torch.ones(B, past + n, dtype=torch.bool, device=hidden.device)
     attention_mask = attention_mask.bool()
     config = decoder.config
-    full = create_causal_mask(config, hidden, attention_mask, cache, position_ids=position_ids)
+    full = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=attention_mask, cache=cache,
+                              position_ids=position_ids)
     short = torch.cat([attention_mask[:, : pruned.length].gather(1, pruned.index) & pruned.valid,
                        attention_mask[:, pruned.length :]], dim=1)
-    short = create_causal_mask(config, hidden, short, cache, layer_idx=K)
+    short = create_causal_mask(config=config, inputs_embeds=hidden, attention_mask=short, cache=cache, layer_idx=K)
     rope = decoder.rotary_emb(hidden, position_ids)
     hidden = _run(layers[:K], hidden, full, rope, position_ids, cache)
     return _run(layers[K:], hidden, short, rope, position_ids, cache)

@@ -389,3 +389,43 @@ def test_words_added_later_leave_every_earlier_word_its_id():
     assert {w: vocab[w] for w in ("square", "star", "the", "triangle", "what", "yellow")} == \
         {"square": 74, "star": 75, "the": 80, "triangle": 84, "what": 90, "yellow": 92}
     assert vocab["six"] == 95
+
+
+@pytest.mark.parametrize("layout", ["quadrants", "free"])
+def test_a_depth_balanced_needle_test_split_fills_every_depth_bin_equally(tmp_path, layout):
+    from ppllava.data.world import WorldSpec, needle_depth_range, write_needle_world
+    from ppllava.evaluate import counts_by_depth
+
+    write_needle_world(tmp_path / "n", 8, WorldSpec(layout=layout), train=0, val=0, test=10, test_depth_bins=5,
+                       progress=False)
+    records = json.loads((tmp_path / "n" / "test.json").read_text())
+    every_right = [{"id": r["id"], "predicted": r["conversations"][1]["value"], "answer": r["conversations"][1]["value"],
+                    "task": r["task"]} for r in records]
+    assert [n for _, n in counts_by_depth(every_right, records)] == [2, 2, 2, 2, 2]
+    # at 8 frames the last bin holds first frame 7 only: a 2-frame needle cannot start there, a 1-frame one can
+    assert needle_depth_range(4, 5, 8, 2) is None and needle_depth_range(4, 5, 8, 1) == (7, 7)
+    assert all(len(r["needle_frames"]) == 1 for r in records[4::5])
+    assert json.loads((tmp_path / "n" / "world.json").read_text())["test_depth_bins"] == 5
+
+
+def test_depth_ranges_are_the_bins_counts_by_depth_reads():
+    from ppllava.data.world import needle_depth_range
+
+    for frames in (16, 64, 256):
+        for needle in (1, 2):
+            covered = []
+            for b in range(5):
+                lo, hi = needle_depth_range(b, 5, frames, needle)
+                assert all(min(4, int(5 * t / frames)) == b for t in range(lo, hi + 1))
+                covered += range(lo, hi + 1)
+            assert covered == list(range(frames - needle + 1))  # every start, each in exactly one bin
+    with pytest.raises(ValueError, match="depth_bin"):
+        needle_depth_range(5, 5, 16, 1)
+
+
+def test_a_depth_bin_no_needle_length_can_start_in_is_named(tmp_path):
+    from ppllava.data.world import WorldSpec, write_needle_world
+
+    with pytest.raises(ValueError, match="depth bin 4 of 5 in a 8-frame video"):
+        write_needle_world(tmp_path / "n", 8, WorldSpec(needle_frames=(2,)), train=0, val=0, test=5, test_depth_bins=5,
+                           progress=False)

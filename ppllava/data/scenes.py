@@ -136,23 +136,37 @@ def boxes(masks: np.ndarray) -> List[List[Optional[List[int]]]]:
 
 
 def random_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool = True,
-                 needle: Optional[int] = None, layout: str = "quadrants") -> Scene:
+                 needle: Optional[int] = None, layout: str = "quadrants",
+                 needle_start: Optional[Tuple[int, int]] = None) -> Scene:
     """A scene of `num_objects` objects with distinct names ("red star") laid out by `layout` (see
     the module docstring). `needle`: the first object is visible in only that many frames (the
-    asked-about event of a long video), the others stay throughout, and nothing moves."""
+    asked-about event of a long video), the others stay throughout, and nothing moves; `needle_start`
+    (lo, hi): the frames its first frame is drawn from, inclusive (default: anywhere it fits)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts are {LAYOUTS}")
     low, high = OBJECT_LIMITS[layout]
     if not low <= num_objects <= high:
         raise ValueError(f"num_objects must be in [{low}, {high}] for layout {layout!r}, got {num_objects}")
     if layout == "free":
-        return _free_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle)
-    return _quadrant_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle,
+        return _free_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle, needle_start=needle_start)
+    return _quadrant_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle, needle_start=needle_start,
                            shifted=layout == "shifted")
 
 
+def _needle_span(rng: np.random.Generator, num_frames: int, needle: int,
+                 start: Optional[Tuple[int, int]]) -> Tuple[int, int]:
+    """(appear, vanish) of a needle seen for `needle` frames: its first frame drawn from [0, T - needle], or
+    from `start` = (lo, hi) inclusive (a depth-balanced split); with no `start`, the draw of every earlier world."""
+    lo, hi = start if start is not None else (0, num_frames - needle)
+    if not 0 <= lo <= hi <= num_frames - needle:
+        raise ValueError(f"needle_start {start}: a needle of {needle} frames in a {num_frames}-frame video "
+                         f"must start in [0, {num_frames - needle}]")
+    appear = int(rng.integers(lo, hi + 1))
+    return appear, appear + needle
+
+
 def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
-                    needle: Optional[int], shifted: bool) -> Scene:
+                    needle: Optional[int], shifted: bool, needle_start: Optional[Tuple[int, int]] = None) -> Scene:
     """Distinct colours and distinct shapes, radius 10-14 px at 64 px (scaled with `size`), each object
     starting at the centre of its own quadrant, or, `shifted`, 2-6 px off it (radius capped so the
     object stays inside the frame). The unshifted draws are the world before issue #14, seed for seed."""
@@ -181,8 +195,7 @@ def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_ob
             velocity = (dx * speed, dy * speed)
         appear, vanish = 0, num_frames
         if needle is not None and k == 0:
-            appear = int(rng.integers(0, num_frames - needle + 1))
-            vanish = appear + needle
+            appear, vanish = _needle_span(rng, num_frames, needle, needle_start)
         elif needle is None and num_frames >= 4 and rng.random() < 0.3:
             # Appears later, drawn from [0, T/2) as the measured quadrant world always was (the free layout
             # draws from [ceil(T/4), T/2]: see _free_object).
@@ -206,15 +219,14 @@ def _free_names(rng: np.random.Generator, num_objects: int, needle: Optional[int
 
 
 def _free_object(rng: np.random.Generator, size: int, num_frames: int, name: Tuple[str, str], moving: bool,
-                 needle: Optional[int], first: bool) -> SceneObject:
+                 needle: Optional[int], first: bool, needle_start: Optional[Tuple[int, int]] = None) -> SceneObject:
     """One object of the free layout: radius, appearance, motion and a start that keeps the whole
     object (its axis-aligned extent, at most `radius` from the centre) in the frame while visible."""
     scale = size / 64
     radius = float(rng.uniform(*FREE_RADIUS_PX)) * scale
     appear, vanish = 0, num_frames
     if needle is not None and first:
-        appear = int(rng.integers(0, num_frames - needle + 1))
-        vanish = appear + needle
+        appear, vanish = _needle_span(rng, num_frames, needle, needle_start)
     elif needle is None and num_frames >= 4 and rng.random() < 0.3:
         # Appears later: in frames [ceil(T/4), T/2], missing from at least the first quarter of the clip.
         # At 8 frames that is the first two, which prompt pooling's temporal kernel 2 mixes into one token:
@@ -259,7 +271,7 @@ def visible_shares(scene: Scene) -> np.ndarray:
 
 
 def _free_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
-                needle: Optional[int], tries: int = 200) -> Scene:
+                needle: Optional[int], tries: int = 200, needle_start: Optional[Tuple[int, int]] = None) -> Scene:
     """Objects placed one at a time, each redrawn (size, motion, place) until every object so far
     keeps MIN_VISIBLE of its pixels in sight; touching and partial cover are allowed. Crowded scenes
     favour the smaller radii that fit, as a packing must."""
@@ -267,7 +279,7 @@ def _free_scene(rng: np.random.Generator, size: int, num_frames: int, num_object
     objects: List[SceneObject] = []
     for k, name in enumerate(names):
         for _ in range(tries):
-            candidate = _free_object(rng, size, num_frames, name, moving, needle, first=k == 0)
+            candidate = _free_object(rng, size, num_frames, name, moving, needle, first=k == 0, needle_start=needle_start)
             if visible_shares(Scene(size, num_frames, objects + [candidate])).min() >= MIN_VISIBLE:
                 objects.append(candidate)
                 break

@@ -10,7 +10,7 @@ import argparse
 import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import av
 import numpy as np
@@ -141,9 +141,11 @@ class WorldWriter:
     def _scene(self, rng, num_frames: int, num_objects: int, **kwargs):
         return random_scene(rng, self.spec.size, num_frames, num_objects, layout=self.spec.layout, **kwargs)
 
-    def video_record(self, split: str, index: int, rng, num_frames: int, needle: Optional[int] = None):
+    def video_record(self, split: str, index: int, rng, num_frames: int, needle: Optional[int] = None,
+                     needle_start: Optional[Tuple[int, int]] = None):
         spec = self.spec
-        scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle)
+        scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle,
+                            needle_start=needle_start)
         frames, masks = render(scene)
         name = f"{split}-{index:06d}" + (f"-long{num_frames}" if needle else "")
         write_video(self.root / "videos" / f"{name}.mp4", frames, spec.fps)
@@ -249,13 +251,25 @@ class WorldWriter:
         self._dump("long", records, [])
         return {"records": len(records)}
 
-    def write_needle_split(self, split: str, count: int, num_frames: int, progress: bool = True) -> Dict[str, int]:
-        """`{split}.json` of needle videos of one length (split "train" draws from "needle-train" seeds)."""
+    def write_needle_split(self, split: str, count: int, num_frames: int, progress: bool = True,
+                           depth_bins: int = 0) -> Dict[str, int]:
+        """`{split}.json` of needle videos of one length (split "train" draws from "needle-train" seeds).
+        `depth_bins` > 0: video i's needle first appears in depth bin i % depth_bins (`needle_depth_range`),
+        so the split is balanced over `evaluate.counts_by_depth`'s bins."""
         records = []
         for index in tqdm(range(count), desc=f"needle {split} ({num_frames} frames)", disable=not progress):
             rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"needle-{split}"], num_frames, index))
-            needle = int(self.spec.needle_frames[int(rng.integers(len(self.spec.needle_frames)))])
-            records.append(self.video_record(f"needle-{split}", index, rng, num_frames, needle=needle)[0])
+            lengths, start = self.spec.needle_frames, None
+            if depth_bins:  # only the needle lengths that can start in this bin
+                lengths = [n for n in lengths if needle_depth_range(index % depth_bins, depth_bins, num_frames, n)]
+                if not lengths:
+                    raise ValueError(f"no needle of {list(self.spec.needle_frames)} frames can start in depth bin "
+                                     f"{index % depth_bins} of {depth_bins} in a {num_frames}-frame video")
+            needle = int(lengths[int(rng.integers(len(lengths)))])
+            if depth_bins:
+                start = needle_depth_range(index % depth_bins, depth_bins, num_frames, needle)
+            records.append(self.video_record(f"needle-{split}", index, rng, num_frames, needle=needle,
+                                             needle_start=start)[0])
         self._dump(split, records, [])
         return {"records": len(records)}
 
@@ -312,17 +326,31 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
     return counts
 
 
+def needle_depth_range(depth_bin: int, bins: int, num_frames: int, needle: int) -> Optional[Tuple[int, int]]:
+    """The first frames (lo, hi), inclusive, at which a needle of `needle` frames lies in depth bin `depth_bin`
+    of `bins` as `evaluate.counts_by_depth` bins it (first frame / frames), or None if it cannot start there."""
+    if not 0 <= depth_bin < bins:
+        raise ValueError(f"depth_bin must be in [0, {bins}), got {depth_bin}")
+    lo = -(-depth_bin * num_frames // bins)  # ceil: the first frame with int(bins * t / T) == depth_bin
+    hi = min(-(-(depth_bin + 1) * num_frames // bins) - 1, num_frames - needle)
+    return (lo, hi) if lo <= hi else None
+
+
 def write_needle_world(root, num_frames: int, spec: Optional[WorldSpec] = None, *, train: int = 200, val: int = 40,
-                       test: int = 100, progress: bool = True) -> Dict[str, Dict[str, int]]:
+                       test: int = 100, test_depth_bins: int = 0, progress: bool = True) -> Dict[str, Dict[str, int]]:
     """A world of needle videos of one length, in the usual layout ({train,val,test}.json): each asks
     the colour of an object visible in only `spec.needle_frames` frames, the long-video setting where
-    averaging windows that span many frames loses it (DESIGN.md §4)."""
+    averaging windows that span many frames loses it (DESIGN.md §4). `test_depth_bins` > 0: the test
+    split balanced over that many depth bins (`WorldWriter.write_needle_split`)."""
     spec = spec or WorldSpec()
     writer = WorldWriter(Path(root), spec)
-    counts = {split: writer.write_needle_split(split, n, num_frames, progress)
+    counts = {split: writer.write_needle_split(split, n, num_frames, progress,
+                                               depth_bins=test_depth_bins if split == "test" else 0)
               for split, n in (("train", train), ("val", val), ("test", test)) if n}
     meta = {"spec": {**asdict(spec), "long_frames": [num_frames], "needle_frames": list(spec.needle_frames)},
             "counts": counts, "vocabulary": vocabulary(), "needle_world_frames": num_frames}
+    if test_depth_bins:
+        meta["test_depth_bins"] = test_depth_bins
     (Path(root) / "world.json").write_text(json.dumps(meta, indent=1))
     return counts
 

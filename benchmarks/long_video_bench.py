@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import cuda_peak_extra_mib, random_paper_model, time_ms  # noqa: E402
 
 from ppllava.config import PPLLaVAConfig  # noqa: E402
-from ppllava.long_video_cost import CLIP_PROMPT, MODES, SyntheticFrames, measure_prefill_cost  # noqa: E402
+from ppllava.long_video_cost import MODES, SyntheticFrames, measure_prefill_cost, prefill_call  # noqa: E402
 from ppllava.model.token_layout import TokenLayout  # noqa: E402
 
 PAPER_MODES = {"none": {"pooling": "none"},
@@ -35,31 +35,21 @@ PAPER_MODES = {"none": {"pooling": "none"},
 def paper_rows(lengths, modes, chunk_frames: int, repeats: int, device: str):
     """`measure_prefill_cost`'s rows at the paper's widths (one model, its parameter-free mode switched)."""
     model = random_paper_model(PPLLaVAConfig.from_name("paper", **PAPER_MODES["prompt"]), device).to(torch.bfloat16).eval()
-    clip_ids = torch.tensor([CLIP_PROMPT], device=device)
     rows = []
     for mode in modes:
         for frames in lengths:
             model.config = PPLLaVAConfig.from_name("paper", num_frames=frames, **PAPER_MODES[mode])
-            n = TokenLayout(model.config).video_token_count(frames)
-            if n + 4 > model.config.llm_max_positions:
+            if TokenLayout(model.config).video_token_count(frames) + 4 > model.config.llm_max_positions:
                 continue
-            input_ids = torch.tensor([[1] + [model.config.video_token_id] * n + [5, 6, 7]], device=device)
             source = SyntheticFrames(1, frames, model.config.image_size)
             for how in ("streamed", "one_shot"):
                 pixels = source.read(0, frames).to(device, torch.bfloat16) if how == "one_shot" else None
-
-                @torch.no_grad()
-                def run():
-                    if pixels is not None:
-                        return model(input_ids, pixel_values_videos=pixels, clip_input_ids=clip_ids).logits
-                    tokens = model.long_video_tokens(source, clip_ids, chunk_frames=chunk_frames)
-                    return model(input_ids, video_embeds=tokens).logits
-
+                run = prefill_call(model, source, pixels, chunk_frames, device)
                 ms = time_ms(run, device, repeats)
                 rows.append({"mode": mode, "way": how, "frames": frames, "ms": round(ms, 1),
                              "peak_mib": round(cuda_peak_extra_mib(run), 1)})
                 print(f"  {mode} {how} {frames}: {ms:.1f} ms, peak +{rows[-1]['peak_mib']:.0f} MiB", flush=True)
-                del pixels
+                del pixels, run
                 torch.cuda.empty_cache()
     return rows
 

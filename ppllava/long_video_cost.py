@@ -52,10 +52,16 @@ def prefill_fn(mode: str, frames: int, chunk_frames: int, how: str):
         raise ValueError(f"how must be 'streamed' or 'one_shot', got {how!r}")
     torch.manual_seed(0)
     model = PPLLaVA(PPLLaVAConfig.from_name("tiny", num_frames=frames, **MODES[mode])).eval()
-    input_ids = torch.tensor([[1] + [model.config.video_token_id] * model.video_token_count(frames) + [5, 6, 7]])
-    clip_ids = torch.tensor([CLIP_PROMPT])
     source = SyntheticFrames(1, frames, model.config.image_size)
-    pixels = source.read(0, frames) if how == "one_shot" else None
+    return prefill_call(model, source, source.read(0, frames) if how == "one_shot" else None, chunk_frames)
+
+
+def prefill_call(model, source: SyntheticFrames, pixels, chunk_frames: int, device="cpu"):
+    """One video's prefill on `model` (its config's mode) as a no-argument function: `pixels` (1, T, 3, S, S)
+    whole through `forward`, or, with `pixels` None, `source` streamed `chunk_frames` at a time."""
+    n = model.video_token_count(source.num_frames)
+    input_ids = torch.tensor([[1] + [model.config.video_token_id] * n + [5, 6, 7]], device=device)
+    clip_ids = torch.tensor([CLIP_PROMPT], device=device)
 
     @torch.no_grad()
     def run():

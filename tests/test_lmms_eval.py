@@ -164,6 +164,10 @@ def test_bad_model_args_are_named(setup, tmp_path):
     assert invariant.model.config.video_chunk_frames == 4
     with pytest.raises(ValueError, match="weighting must be one of"):
         PPLLaVALMMS(str(model_dir), device="cpu", weighting="max")
+    with pytest.raises(ValueError, match="model arg pool_margin must be a number, got 'wide'"):
+        PPLLaVALMMS(str(model_dir), device="cpu", weighting="invariant", pool_margin="wide")
+    with pytest.raises(ValueError, match="model arg max_new_tokens must be a whole number, got 'many'"):
+        PPLLaVALMMS(str(model_dir), device="cpu", max_new_tokens="many")
     docs = video_docs(world / "test.json")[:1]
     lm.task_dict = {"world": {"test": docs}}
     with pytest.raises(ValueError, match="greedily"):

@@ -68,6 +68,15 @@ def parse_shape(name: str, value) -> Optional[Tuple[int, int, int]]:
     return shape
 
 
+def _number(name: str, value, kind=float):
+    """A model arg lmms-eval handed over as text or a number, as `kind`; a clear error naming it otherwise."""
+    try:
+        return kind(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"model arg {name} must be {'a whole number' if kind is int else 'a number'}, "
+                         f"got {value!r}") from None
+
+
 class PPLLaVALMMS(lmms):
     """lmms-eval's `ppllava` model: `generate_until` (greedy) and `loglikelihood` on PPLLaVA."""
 
@@ -84,14 +93,14 @@ class PPLLaVALMMS(lmms):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"model arg dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-        if str(batch_size).startswith("auto") or int(batch_size) < 1:
+        if str(batch_size).startswith("auto") or _number("--batch_size", batch_size, int) < 1:
             raise ValueError(f"--batch_size must be a count >= 1 (no 'auto' for ppllava), got {batch_size!r}")
-        if int(max_new_tokens) < 1:
+        if _number("max_new_tokens", max_new_tokens, int) < 1:
             raise ValueError(f"model arg max_new_tokens must be >= 1, got {max_new_tokens!r}")
         self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {"pooling": pooling, "pool_temperature": pool_temperature, "weighting": weighting,
-                     "pool_margin": None if pool_margin is None else float(pool_margin),
+                     "pool_margin": None if pool_margin is None else _number("pool_margin", pool_margin, float),
                      "video_chunk_frames": video_chunk_frames, "num_frames": num_frames,
                      "video_token_budget": video_token_budget, "fastv_layer": fastv_layer,
                      **{name: parse_shape(name, value) for name, value in

@@ -92,11 +92,15 @@ def check_06_dpo(m):
 def check_07_long_video(m):
     assert m["tokens_per_video"] == 16
     for length in m["lengths"]:
-        rows = {r["mode"]: r for r in m["needle"] if r["frames"] == length}
-        assert set(rows) == {"temporal_mean", "adaptive", "prompt", "prompt (oracle relevance)"}
-        for r in rows.values():
+        rows = [r for r in m["needle"] if r["frames"] == length]
+        seeds = {(r["mode"], r["seed"]) for r in rows}
+        twice = {"adaptive", "prompt"} if length in m["seed_lengths"] else set()
+        assert seeds == {(mode, seed) for mode in ("temporal_mean", "adaptive", "prompt", "prompt (oracle relevance)")
+                         for seed in ((0, 1) if mode in twice else (0,))}
+        for r in rows:
             assert r["accuracy"] == r["hits"] / r["n"] and r["interval"][0] <= r["accuracy"] <= r["interval"][1]
-            assert len(r["by_depth"]) == 5 and sum(d["n"] for d in r["by_depth"]) == r["n"]
+            assert r["n"] == m["test_videos"] and len(r["by_depth"]) == 5
+            assert [d["n"] for d in r["by_depth"]] == [m["test_videos"] // 5] * 5  # balanced over depth
             assert sum(d["hits"] for d in r["by_depth"]) == r["hits"]
     assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
     for length in m["lengths"]:

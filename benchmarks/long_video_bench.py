@@ -72,6 +72,8 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper", action="store_true", help="paper widths in bf16 on --device (a GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="with --paper")
     args = parser.parse_args(argv)
+    if args.paper and not args.device.startswith("cuda"):
+        parser.error(f"--paper needs a CUDA device, got --device {args.device}")
     if args.paper:
         rows = paper_rows(args.frames, args.modes, args.chunk, args.repeats, args.device)
     else:

@@ -128,6 +128,8 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), metavar="MODE",
                         help=f"pooling modes to time (default: all of {', '.join(MODES)})")
     args = parser.parse_args()
+    if args.paper and not args.device.startswith("cuda"):  # 7B parameters in bf16: minutes per prefill on a CPU
+        parser.error(f"--paper needs a CUDA device, got --device {args.device}")
     model = build(args.paper, args.device)
     cfg = bench_config(args.paper, "prompt")
     sizes = (f"vision {cfg.vision_layers} x {cfg.vision_width}, LLM {cfg.llm_layers} x {cfg.llm_hidden} "

@@ -284,3 +284,11 @@ def test_notebook_cli_refuses_before_it_writes(capsys, tmp_path):
     _usage_error(capsys, lambda: main(["--out", str(tmp_path / "file")]), match="--out .*file is a file")
     _usage_error(capsys, lambda: main(["--smoke", "--readme-figures", "--out", str(out)]), absent=[out],
                  match="--readme-figures with --smoke: smoke figures are not results")
+
+
+@pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without a GPU")
+@pytest.mark.parametrize("script", ["throughput_bench.py", "long_video_bench.py"])
+def test_paper_benchmarks_refuse_a_cpu_before_building_a_7b_model(script):
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--paper", "--device", "cpu"],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and "--paper needs a CUDA device, got --device cpu" in done.stderr

@@ -40,6 +40,13 @@ def cuda_peak_extra_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def refuse_paper_without_cuda(parser, args) -> None:
+    """`--paper` on a device that is not CUDA is a usage error: the 7B model would be built and run on the CPU
+    for minutes before anything is printed."""
+    if args.paper and not str(args.device).startswith("cuda"):
+        parser.error(f"--paper needs a CUDA device, got --device {args.device}")
+
+
 def random_paper_model(config, device: str) -> PPLLaVA:
     """A model of `config` (the paper's widths: 7B parameters) with random N(0, 0.02) weights, built on
     the meta device and filled on `device`, so no full-size copy is ever initialised on the CPU."""

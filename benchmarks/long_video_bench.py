@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cuda_peak_extra_mib, random_paper_model, time_ms  # noqa: E402
+from common import cuda_peak_extra_mib, random_paper_model, refuse_paper_without_cuda, time_ms  # noqa: E402
 
 from ppllava.config import PPLLaVAConfig  # noqa: E402
 from ppllava.long_video_cost import MODES, SyntheticFrames, measure_prefill_cost, prefill_call  # noqa: E402
@@ -72,14 +72,13 @@ def main(argv=None) -> dict:
     parser.add_argument("--paper", action="store_true", help="paper widths in bf16 on --device (a GPU)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="with --paper")
     args = parser.parse_args(argv)
-    if args.paper and not args.device.startswith("cuda"):
-        parser.error(f"--paper needs a CUDA device, got --device {args.device}")
+    refuse_paper_without_cuda(parser, args)
     if args.paper:
         rows = paper_rows(args.frames, args.modes, args.chunk, args.repeats, args.device)
     else:
         rows = measure_prefill_cost(args.frames, args.modes, args.chunk, repeats=args.repeats)
     short, long = (256 if 256 in args.frames else min(args.frames)), max(args.frames)
-    where = torch.cuda.get_device_name() if args.paper and args.device.startswith("cuda") else f"{torch.get_num_threads()} CPU threads"
+    where = torch.cuda.get_device_name() if args.paper else f"{torch.get_num_threads()} CPU threads"
     result = {"preset": "paper" if args.paper else "tiny", "chunk_frames": args.chunk, "device": where, "rows": rows,
               f"ratios {long} / {short} frames": {f"{m}, {w}": ratios(rows, m, w, short, long)
                                                   for m in args.modes for w in ("streamed", "one_shot")}}

@@ -33,7 +33,8 @@ from typing import Iterator, List
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import cuda_peak_extra_mib, peak_extra_mib, random_paper_model, sync, time_ms  # noqa: E402
+from common import (cuda_peak_extra_mib, peak_extra_mib, random_paper_model, refuse_paper_without_cuda, sync,  # noqa: E402
+                    time_ms)
 
 from ppllava.config import PPLLaVAConfig  # noqa: E402
 from ppllava.model import PPLLaVA, fastv  # noqa: E402
@@ -128,8 +129,7 @@ def main():
     parser.add_argument("--modes", nargs="+", choices=list(MODES), default=list(MODES), metavar="MODE",
                         help=f"pooling modes to time (default: all of {', '.join(MODES)})")
     args = parser.parse_args()
-    if args.paper and not args.device.startswith("cuda"):  # 7B parameters in bf16: minutes per prefill on a CPU
-        parser.error(f"--paper needs a CUDA device, got --device {args.device}")
+    refuse_paper_without_cuda(parser, args)
     model = build(args.paper, args.device)
     cfg = bench_config(args.paper, "prompt")
     sizes = (f"vision {cfg.vision_layers} x {cfg.vision_width}, LLM {cfg.llm_layers} x {cfg.llm_hidden} "

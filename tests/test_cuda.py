@@ -33,8 +33,9 @@ def test_pooling_on_cuda_equals_the_cpu(weighting, grid, kernel, stride):
     x = torch.randn(2, n, D, generator=g)
     s = torch.softmax(torch.randn(2, n, generator=g) * 3, -1).reshape(2, *grid)
     results = []
-    for device in ("cuda", "cpu"):  # CUDA first: on the CPU, .to() returns x itself, made a leaf that requires grad
-        x_, s_ = x.to(device).requires_grad_(), s.to(device).requires_grad_()  # new leaves: x, s never require grad
+    # CUDA first: its .to() makes new leaves; the CPU's returns x and s themselves, which then require grad
+    for device in ("cuda", "cpu"):
+        x_, s_ = x.to(device).requires_grad_(), s.to(device).requires_grad_()
         y, _ = prompt_guided_pool3d(x_, s_, grid, kernel=kernel, stride=stride, temperature=0.05, weighting=weighting)
         (y * torch.linspace(-1, 1, y.numel(), device=device).view_as(y)).sum().backward()
         results.append([t.detach().cpu() for t in (y, x_.grad, s_.grad)])

@@ -259,17 +259,18 @@ class WorldWriter:
         records = []
         for index in tqdm(range(count), desc=f"needle {split} ({num_frames} frames)", disable=not progress):
             rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"needle-{split}"], num_frames, index))
-            lengths, start = self.spec.needle_frames, None
-            if depth_bins:  # only the needle lengths that can start in this bin
-                lengths = [n for n in lengths if needle_depth_range(index % depth_bins, depth_bins, num_frames, n)]
-                if not lengths:
+            # needle length -> the first frames it may start at (None: anywhere it fits)
+            starts = {n: None for n in self.spec.needle_frames}
+            if depth_bins:  # only the needle lengths that can start in this video's bin
+                b = index % depth_bins
+                starts = {n: r for n in starts if (r := needle_depth_range(b, depth_bins, num_frames, n)) is not None}
+                if not starts:
                     raise ValueError(f"no needle of {list(self.spec.needle_frames)} frames can start in depth bin "
-                                     f"{index % depth_bins} of {depth_bins} in a {num_frames}-frame video")
+                                     f"{b} of {depth_bins} in a {num_frames}-frame video")
+            lengths = list(starts)
             needle = int(lengths[int(rng.integers(len(lengths)))])
-            if depth_bins:
-                start = needle_depth_range(index % depth_bins, depth_bins, num_frames, needle)
             records.append(self.video_record(f"needle-{split}", index, rng, num_frames, needle=needle,
-                                             needle_start=start)[0])
+                                             needle_start=starts[needle])[0])
         self._dump(split, records, [])
         return {"records": len(records)}
 

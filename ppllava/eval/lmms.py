@@ -93,11 +93,12 @@ class PPLLaVALMMS(lmms):
         super().__init__()
         if dtype not in DTYPES:
             raise ValueError(f"model arg dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-        if str(batch_size).startswith("auto") or _number("--batch_size", batch_size, int) < 1:
+        self.batch_size = None if str(batch_size).startswith("auto") else _number("--batch_size", batch_size, int)
+        if self.batch_size is None or self.batch_size < 1:
             raise ValueError(f"--batch_size must be a count >= 1 (no 'auto' for ppllava), got {batch_size!r}")
-        if _number("max_new_tokens", max_new_tokens, int) < 1:
+        self.max_new_tokens = _number("max_new_tokens", max_new_tokens, int)
+        if self.max_new_tokens < 1:
             raise ValueError(f"model arg max_new_tokens must be >= 1, got {max_new_tokens!r}")
-        self.batch_size, self.max_new_tokens = int(batch_size), int(max_new_tokens)
         self.device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
         overrides = {"pooling": pooling, "pool_temperature": pool_temperature, "weighting": weighting,
                      "pool_margin": None if pool_margin is None else _number("pool_margin", pool_margin, float),

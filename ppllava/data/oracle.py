@@ -11,7 +11,7 @@ left out the row of patches holding most of the triangle (56 % of its pixels).
 """
 from __future__ import annotations
 
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -24,8 +24,10 @@ from ppllava.data.video import sample_indices
 HOLDS_SHARE = 0.5
 
 
-def _target_index(record: dict):
-    """(scene, k): the record's scene and the index of its asked-about object, or a ValueError naming the record."""
+def _named_indices(record: dict) -> Tuple[Scene, List[int]]:
+    """(scene, ks): the record's scene and the indices of the objects its question names, the asked-about
+    object first; then every other object of its name (a count needle's appearances) or listed in the
+    record's "named" (an order needle's two). A ValueError names the record at fault."""
     target, data = record.get("target"), record.get("scene")
     if not target:
         raise ValueError(f"record {record.get('id')}: names no object (no 'target'), so it has no object coverage")
@@ -34,10 +36,25 @@ def _target_index(record: dict):
                          "records carried their scene must be rewritten (python -m ppllava.data.world)")
     scene = Scene.from_dict(data)
     names = [(o.colour, o.shape) for o in scene.objects]
-    key = (target["colour"], target["shape"])
-    if key not in names:
-        raise ValueError(f"record {record.get('id')}: target {key} is not among its scene's objects {names}")
-    return scene, names.index(key)
+    keys = [(t["colour"], t["shape"]) for t in [target, *record.get("named", [])]]
+    missing = [key for key in keys if key not in names]
+    if missing:
+        raise ValueError(f"record {record.get('id')}: named objects {missing} are not among its scene's objects {names}")
+    first = names.index(keys[0])
+    return scene, [first] + [k for k, name in enumerate(names) if name in keys and k != first]
+
+
+def _coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> Tuple[torch.Tensor, List[int]]:
+    """scene_coverage, with the indices of every object the record names (`_named_indices`)."""
+    scene, ks = _named_indices(record)
+    _check_frames(record, scene, frames)
+    g = image_size // patch_size
+    coverage = torch.zeros(len(frames), len(scene.objects), g, g)
+    seen = [i for i, t in enumerate(frames) if any(scene.objects[k].visible(t) for k in ks)]
+    if seen:
+        _, masks = render(scene, [frames[i] for i in seen])  # (T', K, S, S) bool, only what each object shows
+        coverage[seen] = F.adaptive_avg_pool2d(torch.from_numpy(masks).float(), g)
+    return coverage, ks
 
 
 def _check_frames(record: dict, scene: Scene, frames: Sequence[int]) -> None:
@@ -48,25 +65,19 @@ def _check_frames(record: dict, scene: Scene, frames: Sequence[int]) -> None:
 
 def scene_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> Tuple[torch.Tensor, int]:
     """((T, K, g, g) float32 in [0, 1], k): the share of each patch every object's visible pixels cover
-    at the record's frames `frames`, and the index k of the asked-about object. Frames where that
-    object is unseen are not drawn (a needle is in 1-2 of 256) and stay zero. g = image_size //
-    patch_size; the world's frames are square, so the share does not depend on the resize."""
-    scene, k = _target_index(record)
-    _check_frames(record, scene, frames)
-    g = image_size // patch_size
-    coverage = torch.zeros(len(frames), len(scene.objects), g, g)
-    seen = [i for i, t in enumerate(frames) if scene.objects[k].visible(t)]
-    if seen:
-        _, masks = render(scene, [frames[i] for i in seen])  # (T', K, S, S) bool, only what each object shows
-        coverage[seen] = F.adaptive_avg_pool2d(torch.from_numpy(masks).float(), g)
-    return coverage, k
+    at the record's frames `frames`, and the index k of the asked-about object. Frames where no object
+    the question names is seen are not drawn (a needle is in 1-2 of 256) and stay zero. g = image_size
+    // patch_size; the world's frames are square, so the share does not depend on the resize."""
+    coverage, ks = _coverage(record, frames, image_size, patch_size)
+    return coverage, ks[0]
 
 
 def object_coverage(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:
-    """(T, g, g) float32 in [0, 1]: the share of each patch the asked-about object's visible pixels
-    cover, at the record's frames `frames` (zero where it is unseen); see scene_coverage."""
-    coverage, k = scene_coverage(record, frames, image_size, patch_size)
-    return coverage[:, k]
+    """(T, g, g) float32 in [0, 1]: the share of each patch the visible pixels of the objects the
+    question names cover (the asked-about object; an order needle's two, a count needle's every
+    appearance), at the record's frames `frames` (zero where none is seen); see scene_coverage."""
+    coverage, ks = _coverage(record, frames, image_size, patch_size)
+    return coverage[:, ks].sum(1)  # each pixel has one owner (render's masks), so the shares add up to at most 1
 
 
 def shown_patches(record: dict, frames: Sequence[int], image_size: int, patch_size: int) -> torch.Tensor:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, astuple, dataclass, field, replace
 from functools import lru_cache
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -33,6 +33,10 @@ FREE_RADIUS_PX = (6.0, 16.0)  # "free": object radius, pixels at 64 px
 # so the model sees it change patch whatever the resolution it reads the frames at.
 FREE_TRAVEL_PATCHES = (1.0, 2.0)
 MIN_VISIBLE = 0.6  # "free": share of its own pixels an object keeps visible in every frame it is on
+# Needle questions of a long video (issue #15): recall one brief object's colour; the order of two brief
+# objects; how many separate times one object appears (1-3 brief appearances).
+NEEDLE_TASKS = ("recall", "order", "count")
+NEEDLE_GAP = 1  # frames at least between two brief appearances, so they are separate events
 
 
 @dataclass
@@ -137,20 +141,54 @@ def boxes(masks: np.ndarray) -> List[List[Optional[List[int]]]]:
 
 def random_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool = True,
                  needle: Optional[int] = None, layout: str = "quadrants",
-                 needle_start: Optional[Tuple[int, int]] = None) -> Scene:
+                 needle_start: Optional[Tuple[int, int]] = None,
+                 spans: Optional[Sequence[Tuple[int, int]]] = None, repeat_first: bool = False) -> Scene:
     """A scene of `num_objects` objects with distinct names ("red star") laid out by `layout` (see
     the module docstring). `needle`: the first object is visible in only that many frames (the
     asked-about event of a long video), the others stay throughout, and nothing moves; `needle_start`
-    (lo, hi): the frames its first frame is drawn from, inclusive (default: anywhere it fits)."""
+    (lo, hi): the frames its first frame is drawn from, inclusive (default: anywhere it fits).
+
+    `spans` (instead of `needle`; see `needle_spans`): the first len(spans) objects are visible only in
+    their (appear, vanish) span, the others stay throughout, and nothing moves. `repeat_first`: those
+    objects are one object seen len(spans) separate times (one name, each time in its own place), the
+    only names a scene repeats."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown layout {layout!r}; layouts are {LAYOUTS}")
     low, high = OBJECT_LIMITS[layout]
     if not low <= num_objects <= high:
         raise ValueError(f"num_objects must be in [{low}, {high}] for layout {layout!r}, got {num_objects}")
+    if spans is not None:
+        if needle is not None or needle_start is not None:
+            raise ValueError("random_scene: give `spans` or `needle` (with `needle_start`), not both")
+        _check_spans(spans, num_frames, num_objects)
+    elif repeat_first:
+        raise ValueError("random_scene: repeat_first needs `spans`, the times the first object is seen")
     if layout == "free":
-        return _free_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle, needle_start=needle_start)
+        return _free_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle, needle_start=needle_start,
+                           spans=spans, repeat_first=repeat_first)
     return _quadrant_scene(rng, size, num_frames, num_objects, moving=moving, needle=needle, needle_start=needle_start,
-                           shifted=layout == "shifted")
+                           shifted=layout == "shifted", spans=spans, repeat_first=repeat_first)
+
+
+def _check_spans(spans: Sequence[Tuple[int, int]], num_frames: int, num_objects: int) -> None:
+    if not 1 <= len(spans) < num_objects:
+        raise ValueError(f"spans: {len(spans)} brief objects in a scene of {num_objects}; give 1 to {num_objects - 1} "
+                         "(at least one object stays throughout)")
+    for appear, vanish in spans:
+        if not 0 <= appear < vanish <= num_frames:
+            raise ValueError(f"spans: ({appear}, {vanish}) is not a span of frames in a {num_frames}-frame video")
+
+
+def needle_spans(rng: np.random.Generator, num_frames: int, needle: int, count: int) -> List[Tuple[int, int]]:
+    """`count` (appear, vanish) spans of `needle` frames each, in time order, at least NEEDLE_GAP frames
+    apart, placed uniformly: the slack frames (those no span needs) are split at `count` sorted draws."""
+    slack = num_frames - count * needle - (count - 1) * NEEDLE_GAP
+    if count < 1 or needle < 1 or slack < 0:
+        raise ValueError(f"needle_spans: {count} appearance(s) of {needle} frame(s), {NEEDLE_GAP} apart, do not fit "
+                         f"in {num_frames} frames")
+    cuts = np.sort(rng.integers(0, slack + 1, size=count))
+    starts = [int(c) + i * (needle + NEEDLE_GAP) for i, c in enumerate(cuts)]
+    return [(s, s + needle) for s in starts]
 
 
 def _needle_span(rng: np.random.Generator, num_frames: int, needle: int,
@@ -166,13 +204,16 @@ def _needle_span(rng: np.random.Generator, num_frames: int, needle: int,
 
 
 def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
-                    needle: Optional[int], shifted: bool, needle_start: Optional[Tuple[int, int]] = None) -> Scene:
+                    needle: Optional[int], shifted: bool, needle_start: Optional[Tuple[int, int]] = None,
+                    spans: Optional[Sequence[Tuple[int, int]]] = None, repeat_first: bool = False) -> Scene:
     """Distinct colours and distinct shapes, radius 10-14 px at 64 px (scaled with `size`), each object
     starting at the centre of its own quadrant, or, `shifted`, 2-6 px off it (radius capped so the
     object stays inside the frame). The unshifted draws are the world before issue #14, seed for seed."""
     # Distinct colours and distinct shapes, so "the star" or "the red object" names one object.
     colours = [list(COLOURS)[i] for i in rng.permutation(len(COLOURS))[:num_objects]]
     shapes = [SHAPES[i] for i in rng.permutation(len(SHAPES))[:num_objects]]
+    if repeat_first:  # one object seen len(spans) times, each time in a quadrant of its own
+        colours[1:len(spans)], shapes[1:len(spans)] = [colours[0]] * (len(spans) - 1), [shapes[0]] * (len(spans) - 1)
     quadrants = [int(q) for q in rng.permutation(4)[:num_objects]]
     claimed = set(quadrants)  # a mover only crosses into a quadrant nobody holds or moves into
     scale = size / 64
@@ -187,7 +228,7 @@ def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_ob
         velocity = (0.0, 0.0)
         free = [d for d, (dx, dy) in DIRECTIONS.items()
                 if 0 <= qx + dx <= 1 and 0 <= qy + dy <= 1 and (qx + dx) + 2 * (qy + dy) not in claimed]
-        if moving and free and needle is None and num_frames > 1 and rng.random() < 0.7:
+        if moving and free and needle is None and spans is None and num_frames > 1 and rng.random() < 0.7:
             direction = free[int(rng.integers(len(free)))]
             dx, dy = DIRECTIONS[direction]
             claimed.add((qx + dx) + 2 * (qy + dy))
@@ -196,6 +237,8 @@ def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_ob
         appear, vanish = 0, num_frames
         if needle is not None and k == 0:
             appear, vanish = _needle_span(rng, num_frames, needle, needle_start)
+        elif spans is not None:
+            appear, vanish = spans[k] if k < len(spans) else (0, num_frames)
         elif needle is None and num_frames >= 4 and rng.random() < 0.3:
             # Appears later, drawn from [0, T/2) as the measured quadrant world always was (the free layout
             # draws from [ceil(T/4), T/2]: see _free_object).
@@ -207,25 +250,32 @@ def _quadrant_scene(rng: np.random.Generator, size: int, num_frames: int, num_ob
     return Scene(size, num_frames, objects)
 
 
-def _free_names(rng: np.random.Generator, num_objects: int, needle: Optional[int]) -> List[Tuple[str, str]]:
+def _free_names(rng: np.random.Generator, num_objects: int, needle: Optional[int],
+                repeats: int = 1) -> List[Tuple[str, str]]:
     """Distinct (colour, shape) names; colours and shapes may repeat ("red star", "red circle"), so a
     question may name only what is unique in its scene (`ppllava.data.tasks`). A needle's shape is
-    unique, since its question is "what colour is the {shape} ?"."""
+    unique, since its question is "what colour is the {shape} ?". `repeats` > 1: the first name is
+    given that many times (one object seen that many times), the rest stay distinct from it."""
     pairs = [(list(COLOURS)[i // len(SHAPES)], SHAPES[i % len(SHAPES)])
              for i in rng.permutation(len(COLOURS) * len(SHAPES))]
     if needle is not None:
         pairs = pairs[:1] + [p for p in pairs[1:] if p[1] != pairs[0][1]]
-    return pairs[:num_objects]
+    return (pairs[:1] * repeats + pairs[1:])[:num_objects]
 
 
 def _free_object(rng: np.random.Generator, size: int, num_frames: int, name: Tuple[str, str], moving: bool,
-                 needle: Optional[int], first: bool, needle_start: Optional[Tuple[int, int]] = None) -> SceneObject:
+                 needle: Optional[int], first: bool, needle_start: Optional[Tuple[int, int]] = None,
+                 span: Optional[Tuple[int, int]] = None) -> SceneObject:
     """One object of the free layout: radius, appearance, motion and a start that keeps the whole
-    object (its axis-aligned extent, at most `radius` from the centre) in the frame while visible."""
+    object (its axis-aligned extent, at most `radius` from the centre) in the frame while visible.
+    `span` (appear, vanish): a scene of brief objects (random_scene's `spans`), where nothing moves."""
     scale = size / 64
     radius = float(rng.uniform(*FREE_RADIUS_PX)) * scale
     appear, vanish = 0, num_frames
-    if needle is not None and first:
+    if span is not None:
+        appear, vanish = span
+        moving = False
+    elif needle is not None and first:
         appear, vanish = _needle_span(rng, num_frames, needle, needle_start)
     elif needle is None and num_frames >= 4 and rng.random() < 0.3:
         # Appears later: in frames [ceil(T/4), T/2], missing from at least the first quarter of the clip.
@@ -271,15 +321,18 @@ def visible_shares(scene: Scene) -> np.ndarray:
 
 
 def _free_scene(rng: np.random.Generator, size: int, num_frames: int, num_objects: int, *, moving: bool,
-                needle: Optional[int], tries: int = 200, needle_start: Optional[Tuple[int, int]] = None) -> Scene:
+                needle: Optional[int], tries: int = 200, needle_start: Optional[Tuple[int, int]] = None,
+                spans: Optional[Sequence[Tuple[int, int]]] = None, repeat_first: bool = False) -> Scene:
     """Objects placed one at a time, each redrawn (size, motion, place) until every object so far
     keeps MIN_VISIBLE of its pixels in sight; touching and partial cover are allowed. Crowded scenes
     favour the smaller radii that fit, as a packing must."""
-    names = _free_names(rng, num_objects, needle)
+    names = _free_names(rng, num_objects, needle, repeats=len(spans) if repeat_first else 1)
     objects: List[SceneObject] = []
     for k, name in enumerate(names):
+        span = (spans[k] if k < len(spans) else (0, num_frames)) if spans is not None else None
         for _ in range(tries):
-            candidate = _free_object(rng, size, num_frames, name, moving, needle, first=k == 0, needle_start=needle_start)
+            candidate = _free_object(rng, size, num_frames, name, moving, needle, first=k == 0, needle_start=needle_start,
+                                     span=span)
             if visible_shares(Scene(size, num_frames, objects + [candidate])).min() >= MIN_VISIBLE:
                 objects.append(candidate)
                 break

@@ -10,7 +10,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from ppllava.data.scenes import COLOURS, DIRECTIONS, SHAPES, Scene
+from ppllava.data.scenes import COLOURS, DIRECTIONS, NEEDLE_TASKS, SHAPES, Scene
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six")  # the free layout holds up to six objects
 LETTERS = ("A", "B", "C", "D")
@@ -25,6 +25,7 @@ TEMPLATES = (
     "{colour} , so {letter}", "which letter is {colour} ?",
     "a {colour} {shape} moves {direction}", "a {colour} {shape} stays still", "a {colour} {shape} appears later", "and",
     "which image shows the {colour} {shape} ? image {number}",
+    "how many times does the {colour} {shape} appear ?",
 )
 
 
@@ -149,3 +150,29 @@ def ask_lookup(rng: np.random.Generator) -> Question:
     wrong = (k + 1 + int(rng.integers(3))) % 4
     return Question("lookup", f"which letter is {options[k]} ? options : {listed}", f"{options[k]} , so {LETTERS[k]}",
                     f"{options[wrong]} , so {LETTERS[wrong]}", None, options)
+
+
+def ask_needle(rng: np.random.Generator, scene: Scene, task: str) -> Question:
+    """A needle question about a scene whose first objects are brief (`scenes.random_scene`'s `spans`, in
+    time order, or its `needle`): "recall" the colour of the one brief object; the "order" of the first
+    two ("which appears first , the red star or the blue circle ?"); "count" the times the first object
+    is seen (`repeat_first`: "how many times does the green square appear ?", 1-3). The target is the
+    first object, the earliest seen."""
+    if task == "recall":
+        return ask(rng, scene, "colour", "video", target=0)
+    objects = scene.objects
+    if task == "order":
+        first, second = objects[0], objects[1]
+        if first.name == second.name or not first.vanish <= second.appear:
+            raise ValueError(f"order needle: objects {first.name} {first.appear, first.vanish} and {second.name} "
+                             f"{second.appear, second.vanish} are not two objects seen one after the other")
+        a, b = (first, second) if rng.random() < 0.5 else (second, first)
+        return Question("needle_order", f"which appears first , the {a.name} or the {b.name} ?", f"the {first.name}",
+                        f"the {second.name}", 0)
+    if task == "count":
+        n = sum(o.name == objects[0].name for o in objects)
+        if not 1 <= n <= 3:
+            raise ValueError(f"count needle: the {objects[0].name} is seen {n} times; the task asks 1 to 3")
+        return Question("needle_count", f"how many times does the {objects[0].name} appear ?", NUMBERS[n],
+                        _other(rng, NUMBERS[1:4], NUMBERS[n]), 0)
+    raise ValueError(f"unknown needle task {task!r}; needle tasks are {NEEDLE_TASKS}")

@@ -26,7 +26,7 @@ CHAT_TEMPLATE = (
 )
 
 
-LATER_WORDS = ("six",)  # the free layout's sixth object (issue #14), appended in this order
+LATER_WORDS = ("six", "times", "appear")  # the free layout's sixth object (issue #14); the count needle (#15)
 
 
 def world_words(extra: Iterable[str] = ()) -> list:

@@ -17,8 +17,8 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from ppllava.data.scenes import LAYOUTS, OBJECT_LIMITS, boxes, random_scene, render
-from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, vocabulary
+from ppllava.data.scenes import LAYOUTS, NEEDLE_TASKS, OBJECT_LIMITS, boxes, needle_spans, random_scene, render
+from ppllava.data.tasks import IMAGE_TASKS, NUMBERS, TEXT_TASKS, VIDEO_TASKS, ask, ask_lookup, ask_needle, vocabulary
 from ppllava.validation import check_fields, count_type
 
 SPLIT_SEED_BASE = {"train": 0, "val": 1_000_000, "test": 2_000_000, "long": 3_000_000,
@@ -141,29 +141,52 @@ class WorldWriter:
     def _scene(self, rng, num_frames: int, num_objects: int, **kwargs):
         return random_scene(rng, self.spec.size, num_frames, num_objects, layout=self.spec.layout, **kwargs)
 
+    def _needle_scene(self, rng, num_frames: int, needle: int, task: str):
+        """The scene of an order (two brief objects) or count (one object seen 1-3 times) needle."""
+        brief = 2 if task == "order" else int(rng.integers(1, 4))
+        spans = needle_spans(rng, num_frames, needle, brief)
+        low, high = OBJECT_LIMITS[self.spec.layout]
+        num_objects = int(rng.integers(max(low, brief + 1), (self.spec.max_objects or high) + 1))
+        return self._scene(rng, num_frames, num_objects, spans=spans, repeat_first=task == "count")
+
     def video_record(self, split: str, index: int, rng, num_frames: int, needle: Optional[int] = None,
-                     needle_start: Optional[Tuple[int, int]] = None):
+                     needle_start: Optional[Tuple[int, int]] = None, needle_task: str = "recall"):
+        """A video record and its DPO pair. `needle`: a needle video, whose first object is seen for only
+        that many frames (`needle_task` "recall"), or whose first objects are ("order", "count"; see
+        `tasks.ask_needle`)."""
         spec = self.spec
-        scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle,
-                            needle_start=needle_start)
+        if needle and needle_task != "recall":
+            if needle_start is not None:
+                raise ValueError(f"needle_start places a recall needle; a {needle_task!r} needle's spans are drawn whole")
+            scene = self._needle_scene(rng, num_frames, needle, needle_task)
+        else:
+            scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle,
+                                needle_start=needle_start)
         frames, masks = render(scene)
         name = f"{split}-{index:06d}" + (f"-long{num_frames}" if needle else "")
         write_video(self.root / "videos" / f"{name}.mp4", frames, spec.fps)
         max_count = OBJECT_LIMITS[spec.layout][1]
-        q = (ask(rng, scene, "colour", "video", target=0, max_count=max_count) if needle
+        q = (ask_needle(rng, scene, needle_task) if needle
              else _pick(rng, VIDEO_TASKS, scene, "video", spec.task_weights, max_count))
+        target = None if q.target is None else scene.objects[q.target]
+        # The objects a question names: one, or an order needle's two; a count needle's target is seen
+        # as several objects of one name, each a box of its own frames.
+        named = [o for o in scene.objects if target is not None and o.name == target.name]
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),
-                  "task": "needle" if needle else q.task, "frames": num_frames, "fps": spec.fps,
-                  "objects": [o.name for o in scene.objects],
-                  "target": None if q.target is None else {"colour": scene.objects[q.target].colour,
-                                                           "shape": scene.objects[q.target].shape},
-                  "boxes": None if q.target is None else [row[q.target] for row in per_frame],
+                  "task": "needle" if needle and needle_task == "recall" else q.task, "frames": num_frames,
+                  "fps": spec.fps, "objects": [o.name for o in scene.objects],
+                  "target": None if target is None else {"colour": target.colour, "shape": target.shape},
+                  "boxes": None if target is None else [next((b for o, b in zip(scene.objects, row) if o in named
+                                                              and b is not None), None) for row in per_frame],
                   "scene": scene.to_dict()}
         if q.options:
             record["options"] = q.options
+        if needle_task == "order" and needle:
+            record["named"] = [{"colour": o.colour, "shape": o.shape} for o in scene.objects[:2]]
         if needle:
-            record["needle_frames"] = [t for t in range(num_frames) if scene.objects[0].visible(t)]
+            brief = scene.objects[:2] if needle_task == "order" else named
+            record["needle_frames"] = [t for t in range(num_frames) if any(o.visible(t) for o in brief)]
         dpo = {"id": name, "video": record["video"], "prompt": q.question, "chosen": q.answer,
                "rejected": q.hallucination, "task": record["task"]}
         return record, dpo
@@ -252,17 +275,26 @@ class WorldWriter:
         return {"records": len(records)}
 
     def write_needle_split(self, split: str, count: int, num_frames: int, progress: bool = True,
-                           depth_bins: int = 0) -> Dict[str, int]:
+                           depth_bins: int = 0, tasks: Sequence[str] = ("recall",)) -> Dict[str, int]:
         """`{split}.json` of needle videos of one length (split "train" draws from "needle-train" seeds).
-        `depth_bins` > 0: video i's needle first appears in depth bin i % depth_bins (`needle_depth_range`),
-        so the split is balanced over `evaluate.counts_by_depth`'s bins."""
+        Video i asks `tasks[i % len(tasks)]` (scenes.NEEDLE_TASKS). `depth_bins` > 0: the i-th recall
+        video's needle first appears in depth bin i % depth_bins (`needle_depth_range`), so the recall
+        videos are balanced over `evaluate.counts_by_depth`'s bins; order and count videos draw their
+        appearances anywhere they fit (two or three brief appearances cannot all start in the last bin)."""
+        _check_needle_tasks(tasks)
         records = []
         for index in tqdm(range(count), desc=f"needle {split} ({num_frames} frames)", disable=not progress):
             rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"needle-{split}"], num_frames, index))
+            task = tasks[index % len(tasks)]
+            if task != "recall":
+                needle = int(self.spec.needle_frames[int(rng.integers(len(self.spec.needle_frames)))])
+                records.append(self.video_record(f"needle-{split}", index, rng, num_frames, needle=needle,
+                                                 needle_task=task)[0])
+                continue
             # needle length -> the first frames it may start at (None: anywhere it fits)
             starts = {n: None for n in self.spec.needle_frames}
             if depth_bins:  # only the needle lengths that can start in this video's bin
-                b = index % depth_bins
+                b = (index // len(tasks)) % depth_bins  # the recall videos' own count
                 starts = {n: r for n in starts if (r := needle_depth_range(b, depth_bins, num_frames, n)) is not None}
                 if not starts:
                     raise ValueError(f"no needle of {list(self.spec.needle_frames)} frames can start in depth bin "
@@ -327,6 +359,12 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
     return counts
 
 
+def _check_needle_tasks(tasks: Sequence[str]) -> None:
+    unknown = [t for t in tasks if t not in NEEDLE_TASKS]
+    if isinstance(tasks, str) or not tasks or unknown:
+        raise ValueError(f"needle tasks {tasks!r}: give a list of {NEEDLE_TASKS}")
+
+
 def needle_depth_range(depth_bin: int, bins: int, num_frames: int, needle: int) -> Optional[Tuple[int, int]]:
     """The first frames (lo, hi), inclusive, at which a needle of `needle` frames lies in depth bin `depth_bin`
     of `bins` as `evaluate.counts_by_depth` bins it (first frame / frames), or None if it cannot start there."""
@@ -338,18 +376,23 @@ def needle_depth_range(depth_bin: int, bins: int, num_frames: int, needle: int) 
 
 
 def write_needle_world(root, num_frames: int, spec: Optional[WorldSpec] = None, *, train: int = 200, val: int = 40,
-                       test: int = 100, test_depth_bins: int = 0, progress: bool = True) -> Dict[str, Dict[str, int]]:
+                       test: int = 100, test_depth_bins: int = 0, tasks: Sequence[str] = ("recall",),
+                       progress: bool = True) -> Dict[str, Dict[str, int]]:
     """A world of needle videos of one length, in the usual layout ({train,val,test}.json): each asks
-    the colour of an object visible in only `spec.needle_frames` frames, the long-video setting where
-    averaging windows that span many frames loses it (DESIGN.md §4). `test_depth_bins` > 0: the test
-    split balanced over that many depth bins (`WorldWriter.write_needle_split`)."""
+    about objects visible in only `spec.needle_frames` frames, the long-video setting where averaging
+    windows that span many frames loses them (DESIGN.md §4). `tasks` (taken in turn, video by video):
+    "recall" the colour of one brief object, the "order" of two, "count" one object's 1-3 appearances
+    (`tasks.ask_needle`). `test_depth_bins` > 0: the test split's recall videos balanced over that many
+    depth bins (`WorldWriter.write_needle_split`)."""
+    _check_needle_tasks(tasks)  # before any directory is made
     spec = spec or WorldSpec()
     writer = WorldWriter(Path(root), spec)
     counts = {split: writer.write_needle_split(split, n, num_frames, progress,
-                                               depth_bins=test_depth_bins if split == "test" else 0)
+                                               depth_bins=test_depth_bins if split == "test" else 0, tasks=tuple(tasks))
               for split, n in (("train", train), ("val", val), ("test", test)) if n}
     meta = {"spec": {**asdict(spec), "long_frames": [num_frames], "needle_frames": list(spec.needle_frames)},
-            "counts": counts, "vocabulary": vocabulary(), "needle_world_frames": num_frames}
+            "counts": counts, "vocabulary": vocabulary(), "needle_world_frames": num_frames,
+            "needle_tasks": list(tasks)}
     if test_depth_bins:
         meta["test_depth_bins"] = test_depth_bins
     (Path(root) / "world.json").write_text(json.dumps(meta, indent=1))

@@ -90,7 +90,7 @@ def check_06_dpo(m):
 
 
 def check_07_long_video(m):
-    assert m["tokens_per_video"] == 16
+    assert m["tokens_per_video"] == 16 and m["needle_tasks"] == ["recall", "order", "count"]
     for length in m["lengths"]:
         rows = [r for r in m["needle"] if r["frames"] == length]
         seeds = {(r["mode"], r["seed"]) for r in rows}
@@ -102,6 +102,10 @@ def check_07_long_video(m):
             assert r["n"] == m["test_videos"] and len(r["by_depth"]) == 5
             assert [d["n"] for d in r["by_depth"]] == [m["test_videos"] // 5] * 5  # balanced over depth
             assert sum(d["hits"] for d in r["by_depth"]) == r["hits"]
+            for task in ("order", "count"):  # asked by the same model on test videos of their own
+                t = r[task]
+                assert t["n"] == m["time_test_videos"] // 2 and t["accuracy"] == t["hits"] / t["n"]
+                assert t["interval"][0] <= t["accuracy"] <= t["interval"][1]
     assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
     for length in m["lengths"]:
         focus = m["window_focus"][str(length)]

@@ -169,8 +169,8 @@ class WorldWriter:
         q = (ask_needle(rng, scene, needle_task) if needle
              else _pick(rng, VIDEO_TASKS, scene, "video", spec.task_weights, max_count))
         target = None if q.target is None else scene.objects[q.target]
-        # The objects a question names: one, or an order needle's two; a count needle's target is seen
-        # as several objects of one name, each a box of its own frames.
+        # Every object of the target's name: the target alone, or a count needle's 1-3 appearances (objects of
+        # one name, each on screen in frames of its own, so each frame's box is the one appearance seen there).
         named = [o for o in scene.objects if target is not None and o.name == target.name]
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),

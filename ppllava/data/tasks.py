@@ -5,7 +5,7 @@ Every text is built from the templates below, so the world's vocabulary is close
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import List, Optional, Sequence
 
 import numpy as np
@@ -157,9 +157,9 @@ def ask_needle(rng: np.random.Generator, scene: Scene, task: str) -> Question:
     time order, or its `needle`): "recall" the colour of the one brief object; the "order" of the first
     two ("which appears first , the red star or the blue circle ?"); "count" the times the first object
     is seen (`repeat_first`: "how many times does the green square appear ?", 1-3). The target is the
-    first object, the earliest seen."""
+    first object, the earliest seen. Tasks as records name them: "needle", "needle_order", "needle_count"."""
     if task == "recall":
-        return ask(rng, scene, "colour", "video", target=0)
+        return replace(ask(rng, scene, "colour", "video", target=0), task="needle")
     objects = scene.objects
     if task == "order":
         first, second = objects[0], objects[1]

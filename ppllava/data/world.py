@@ -133,10 +133,11 @@ class WorldWriter:
     def _seed(self, split: str, index: int) -> int:
         return self.spec.seed * 10_000_000 + SPLIT_SEED_BASE[split] + index
 
-    def _objects(self, rng, needle: bool = False) -> int:
-        """How many objects a scene holds: from the layout's least (2 for a needle's scene) to its most."""
+    def _objects(self, rng, least: int = 1) -> int:
+        """How many objects a scene holds: from the layout's least (or `least`, e.g. 2 for a needle's scene:
+        the needle and one that stays) to its most."""
         low, high = OBJECT_LIMITS[self.spec.layout]
-        return int(rng.integers(max(low, 2 if needle else 1), (self.spec.max_objects or high) + 1))
+        return int(rng.integers(max(low, least), (self.spec.max_objects or high) + 1))
 
     def _scene(self, rng, num_frames: int, num_objects: int, **kwargs):
         return random_scene(rng, self.spec.size, num_frames, num_objects, layout=self.spec.layout, **kwargs)
@@ -145,9 +146,8 @@ class WorldWriter:
         """The scene of an order (two brief objects) or count (one object seen 1-3 times) needle."""
         brief = 2 if task == "order" else int(rng.integers(1, 4))
         spans = needle_spans(rng, num_frames, needle, brief)
-        low, high = OBJECT_LIMITS[self.spec.layout]
-        num_objects = int(rng.integers(max(low, brief + 1), (self.spec.max_objects or high) + 1))
-        return self._scene(rng, num_frames, num_objects, spans=spans, repeat_first=task == "count")
+        return self._scene(rng, num_frames, self._objects(rng, least=brief + 1), spans=spans,
+                           repeat_first=task == "count")
 
     def video_record(self, split: str, index: int, rng, num_frames: int, needle: Optional[int] = None,
                      needle_start: Optional[Tuple[int, int]] = None, needle_task: str = "recall"):
@@ -160,7 +160,7 @@ class WorldWriter:
                 raise ValueError(f"needle_start places a recall needle; a {needle_task!r} needle's spans are drawn whole")
             scene = self._needle_scene(rng, num_frames, needle, needle_task)
         else:
-            scene = self._scene(rng, num_frames, self._objects(rng, needle=bool(needle)), needle=needle,
+            scene = self._scene(rng, num_frames, self._objects(rng, least=2 if needle else 1), needle=needle,
                                 needle_start=needle_start)
         frames, masks = render(scene)
         name = f"{split}-{index:06d}" + (f"-long{num_frames}" if needle else "")
@@ -174,7 +174,7 @@ class WorldWriter:
         named = [o for o in scene.objects if target is not None and o.name == target.name]
         per_frame = boxes(masks)
         record = {"id": name, "video": f"videos/{name}.mp4", "conversations": _conversation("<video>", q.question, q.answer),
-                  "task": "needle" if needle and needle_task == "recall" else q.task, "frames": num_frames,
+                  "task": q.task, "frames": num_frames,
                   "fps": spec.fps, "objects": [o.name for o in scene.objects],
                   "target": None if target is None else {"colour": target.colour, "shape": target.shape},
                   "boxes": None if target is None else [next((b for o, b in zip(scene.objects, row) if o in named

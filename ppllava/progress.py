@@ -37,11 +37,19 @@ def describe(state: Dict) -> str:
 
 
 def status_line(path: Union[str, Path, None]) -> str:
+    """describe() of the state in `path`, and of `path`.0, `path`.1, ... (the trainings of
+    `Recipe.at_once`, one file per process) joined by " | "; "" when nothing is training."""
+    if not path:
+        return ""
+    path = Path(path)
+    files = [path] + sorted(path.parent.glob(f"{path.name}.[0-9]*")) if path.parent.is_dir() else [path]
+    return " | ".join(line for line in map(_state_line, files) if line)
+
+
+def _state_line(path: Path) -> str:
     """describe() of the state in `path`, or "" when nothing is training: no file (none yet, or the
     stage ended) or one that does not read as a state. Never raises for the file's content: the line
     is decoration, and the run it decorates must go on."""
-    if not path:
-        return ""
     try:
         state = json.loads(Path(path).read_bytes())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):

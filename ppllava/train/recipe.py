@@ -11,11 +11,12 @@ notebooks share one set of trained artifacts (`Recipe(out).model("sft2")`).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional
 
 from torch.utils.data import DataLoader
 
@@ -27,6 +28,7 @@ from ppllava.data.world import LAYOUTS, WorldSpec, WorldWriter, write_world
 from ppllava.evaluate import (accuracy_by_task, counts_by_task, generate_answers, pointing, pointing_by_rule,
                               preference_scores, wilson_interval)
 from ppllava.model import PPLLaVA, load_pretrained
+from ppllava.train.at_once import Job, default_jobs, train_jobs
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
 from ppllava.validation import count_type
@@ -81,6 +83,7 @@ class Recipe:
             self.train, self.eval, self.diagnostic = 48, 16, 16
             self.dpo_videos = {"train": 16, "val": 8, "test": 8}
         self.seconds: Dict[str, float] = {}
+        self._queue: Optional[Dict[str, TrainConfig]] = None  # set inside an `at_once` block
 
     @property
     def world(self) -> Path:
@@ -143,6 +146,35 @@ class Recipe:
             fields["data"] = str(data)
         return self._train_once(name, TrainConfig(**fields))
 
+    @contextlib.contextmanager
+    def at_once(self, jobs: Optional[int] = None) -> Iterator["Recipe"]:
+        """Inside the block, every stage or variant asked for that is not trained yet is queued instead
+        (the path it will have is returned at once); leaving it trains the queue `jobs` at a time
+        (default `ppllava.train.at_once.default_jobs`: 2 on a CPU; 1 in a smoke run, whose 3-step stages
+        take less than a process's start), each in a process of its own with a share of the cores, a job
+        starting when the model it starts from is there. One queued run, or jobs=1, trains here as
+        outside the block. Nothing trains if the block raises.
+
+            with recipe.at_once():
+                paths = [recipe.pooling_variant(mode, "sft1") for mode in modes]
+        """
+        if self._queue is not None:
+            raise ValueError("Recipe.at_once blocks do not nest")
+        jobs = (1 if self.smoke else default_jobs()) if jobs is None else jobs
+        if jobs < 1:
+            raise ValueError(f"Recipe.at_once needs jobs >= 1, got {jobs}")
+        self._queue = {}
+        try:
+            yield self
+            queued = self._queue
+        finally:
+            self._queue = None
+        if jobs == 1 or len(queued) == 1:
+            for name, cfg in queued.items():
+                self.seconds[name] = float(run(cfg)["wall_seconds"])
+        elif queued:
+            self.seconds.update(train_jobs([Job(name, cfg) for name, cfg in queued.items()], at_once=jobs))
+
     def pooling_variant(self, mode: str, start: str = "sft2", margin: Optional[float] = None) -> Path:
         """Stage 2 in pooling `mode` (a key of POOLING_VARIANTS), VARIANT_STEPS steps from `start`:
         "sft2" (out/sft2-<mode>: the recipe's stage 2, itself trained with prompt pooling, a head start
@@ -178,6 +210,12 @@ class Recipe:
                 if _start(before) != _start(cfg):
                     raise ValueError(f"{path} was trained from {_start(before)}, not from {_start(cfg)} as asked now; "
                                      "delete the directory to retrain it, or use another name")
+            return path
+        if self._queue is not None:  # inside at_once: trained when the block ends
+            queued = self._queue.get(name)
+            if queued is not None and (_training_fields(queued) != _training_fields(cfg) or _start(queued) != _start(cfg)):
+                raise ValueError(f"{name!r} was asked for twice in one Recipe.at_once block, with different configs")
+            self._queue[name] = cfg
             return path
         self.seconds[name] = float(run(cfg)["wall_seconds"])
         return path

@@ -1,0 +1,140 @@
+"""Several trainings at once, each in a process of its own with a share of the cores.
+
+The tiny models are small enough that torch's intra-op threads leave a 2-core CPU half idle: one
+stage-2 run with 2 threads made 7.5 steps/s, two runs at once with 1 thread each 10.0 steps/s together
+(benchmarks/train_bench.py --at-once measures it side by side). The notebooks train sets of
+independent variants (notebook 03's pooling rows, 07's needle rows, 06's DPO controls), so
+`Recipe.at_once` collects what a block asks for and hands it here.
+
+A job runs `python -m ppllava.train <its config>` with OMP_NUM_THREADS set to its share; it starts
+once no unfinished job writes the model it starts from (`init_from`), so a set may hold a variant and
+the rows that start from it. Its output goes to `<run_dir>/train.log`. A failed job lets the running
+ones finish, starts no other, then raises naming the job and its log.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+
+from ppllava.progress import PROGRESS_ENV
+from ppllava.train.config import TrainConfig
+
+JOB_CONFIG = ".at_once.yaml"  # the job's config in its run directory, removed when the job succeeds
+POLL_S = 0.5
+
+
+@dataclass
+class Job:
+    """One training: its name (for messages and timings) and its config."""
+
+    name: str
+    config: TrainConfig
+
+    @property
+    def run_dir(self) -> Path:
+        return Path(self.config.run_dir)
+
+    @property
+    def output(self) -> Path:
+        return self.run_dir / "model"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "train.log"
+
+
+def default_jobs() -> int:
+    """2 on a machine without CUDA that has at least 2 cores, else 1 (a GPU trains one run at a time)."""
+    return 2 if not torch.cuda.is_available() and (os.cpu_count() or 1) >= 2 else 1
+
+
+def train_command(job: Job, config_path: Path) -> List[str]:
+    return [sys.executable, "-m", "ppllava.train", str(config_path)]
+
+
+def _starts_from(job: Job) -> Optional[Path]:
+    return Path(job.config.init_from).resolve() if job.config.init_from else None
+
+
+def train_jobs(jobs: Sequence[Job], at_once: int, threads: Optional[int] = None,
+               command: Callable[[Job, Path], List[str]] = train_command) -> Dict[str, float]:
+    """Train `jobs`, at most `at_once` at a time, each with `threads` intra-op threads (default: the
+    cores shared out, at least 1); returns each job's wall seconds (they overlap: their sum is not the
+    time taken). `command(job, config_path)` is the process a job runs (tests give a stand-in)."""
+    if at_once < 1:
+        raise ValueError(f"at_once must be >= 1, got {at_once}")
+    names = [job.name for job in jobs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"jobs must have distinct names, got {names}")
+    outputs = [job.output.resolve() for job in jobs]
+    if len(set(outputs)) != len(outputs):
+        raise ValueError("two jobs write the same model directory: " + ", ".join(str(o) for o in outputs))
+    threads = threads or max(1, (os.cpu_count() or 1) // at_once)
+    pending = list(jobs)
+    running: Dict[str, Tuple[int, Job, subprocess.Popen, IO]] = {}  # name -> (slot, job, process, log file)
+    started: Dict[str, float] = {}
+    seconds: Dict[str, float] = {}
+    failed: List[str] = []
+    progress = os.environ.get(PROGRESS_ENV)
+    try:
+        while pending or running:
+            unfinished = {j.output.resolve() for j in pending} | {r[1].output.resolve() for r in running.values()}
+            ready = [job for job in pending if _starts_from(job) not in unfinished]
+            if not running and not ready:
+                raise ValueError("these jobs start from each other's models in a cycle: " + ", ".join(j.name for j in pending))
+            while ready and len(running) < at_once and not failed:
+                job = ready.pop(0)
+                pending.remove(job)
+                slot = min(set(range(at_once)) - {r[0] for r in running.values()})
+                started[job.name] = time.perf_counter()
+                running[job.name] = (slot, job, *_start(job, slot, threads, progress, command))
+            time.sleep(POLL_S)
+            for name, (slot, job, process, log) in list(running.items()):
+                code = process.poll()
+                if code is None:
+                    continue
+                del running[name]
+                log.close()
+                if progress:  # a killed trainer leaves its state behind
+                    Path(f"{progress}.{slot}").unlink(missing_ok=True)
+                seconds[name] = time.perf_counter() - started[name]
+                if code == 0 and (job.output / "config.yaml").exists():
+                    (job.run_dir / JOB_CONFIG).unlink(missing_ok=True)
+                else:
+                    failed.append(f"{name} (exit code {code}; its log: {job.log})\n{_tail(job.log)}")
+            if failed and not running:
+                break
+    finally:
+        for _, _, process, log in running.values():  # interrupted (or a bug here): leave no training behind
+            process.terminate()
+            process.wait()
+            log.close()
+        for slot in range(at_once if progress else 0):
+            Path(f"{progress}.{slot}").unlink(missing_ok=True)
+    if failed:
+        raise RuntimeError("training failed: " + "\n".join(failed) +
+                           (f"\nnot started: {', '.join(j.name for j in pending)}" if pending else ""))
+    return seconds
+
+
+def _start(job: Job, slot: int, threads: int, progress: Optional[str], command) -> Tuple[subprocess.Popen, IO]:
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    config_path = job.run_dir / JOB_CONFIG
+    job.config.to_yaml(config_path)
+    env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    if progress:  # one progress file per slot; ppllava.progress.status_line shows them side by side
+        env[PROGRESS_ENV] = f"{progress}.{slot}"
+    log = open(job.log, "w")
+    return subprocess.Popen(command(job, config_path), stdout=log, stderr=subprocess.STDOUT, env=env), log
+
+
+def _tail(path: Path, lines: int = 15) -> str:
+    text = path.read_text(errors="replace") if path.exists() else ""
+    return "\n".join("    " + line for line in text.splitlines()[-lines:])

@@ -2,10 +2,10 @@
 (`ppllava.train.at_once`, what `Recipe.at_once` does), side by side in one run.
 
     python benchmarks/at_once_bench.py                       # 4 stage-2 variants x 200 steps, tiny preset
-    python benchmarks/at_once_bench.py --variants 6 --steps 300
+    python benchmarks/at_once_bench.py --variants 6 --steps 300 --out /tmp/bench   # keep the runs
 
-The variants are notebook 03's kind: stage 2 in a pooling mode each (prompt, none, adaptive,
-temporal_mean, spatial, ...) from the same random start, on a small world written first (not timed).
+The variants are notebook 03's kind: configs/tiny/sft2.yaml in a pooling mode each (prompt, none,
+adaptive, temporal_mean, spatial, ...) from a random start, on a small world written first (not timed).
 "one after another" trains them with `ppllava.train.run.run` here, with torch's threads as they are (the
 cores); "at once" with `train_jobs`, `--at-once` at a time, the cores shared out. Both walls include
 everything a notebook waits for: building the model and data, decoding, training, saving; "at once"
@@ -27,14 +27,15 @@ from ppllava.train.at_once import Job, train_jobs
 from ppllava.train.config import TrainConfig
 from ppllava.train.run import run
 
+SFT2 = Path(__file__).resolve().parent.parent / "configs" / "tiny" / "sft2.yaml"
 MODES = [{}, {"pooling": "none"}, {"pooling": "adaptive", "video_output_size": [4, 2, 2]},
          {"pooling": "temporal_mean"}, {"pooling": "spatial"}, {"pooling": "merge"}]
 
 
 def configs(world: Path, out: Path, variants: int, steps: int):
-    return [TrainConfig(stage="sft2", preset="tiny", data=str(world), run_dir=str(out / f"v{i}"), model=MODES[i % len(MODES)],
-                        max_steps=steps, batch_size=16, lr=1e-3, media_cache_mb=4096, val_every_n_epochs=1000,
-                        mix={"video": 0.4, "image": 0.25, "multi": 0.15, "text": 0.2}, seed=i)
+    """The tiny stage-2 config, one pooling mode per variant, no validation (it is not what is timed)."""
+    return [TrainConfig.from_yaml(SFT2, data=str(world), run_dir=str(out / f"v{i}"), init_from=None,
+                                  model=MODES[i % len(MODES)], max_steps=steps, val_every_n_epochs=1000, seed=i)
             for i in range(variants)]
 
 
@@ -44,11 +45,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--at-once", type=int, default=2)
     parser.add_argument("--train-records", type=int, default=1200)
+    parser.add_argument("--out", type=Path, help="write the world and the runs here and keep them (default: a temporary directory)")
     args = parser.parse_args(argv)
     if not 1 <= args.variants <= len(MODES) * 4 or args.steps < 1 or args.at_once < 2:
         parser.error("--variants in [1, 24], --steps >= 1, --at-once >= 2")
     with tempfile.TemporaryDirectory() as tmp:
-        tmp = os.environ.get("AT_ONCE_BENCH_DIR", tmp)
+        tmp = args.out or tmp
         world = Path(tmp) / "world"
         write_world(world, WorldSpec(), train=args.train_records, val=16, test=16, long_per_length=0, progress=False)
         start = time.perf_counter()

@@ -42,7 +42,7 @@ def status_line(path: Union[str, Path, None]) -> str:
     if not path:
         return ""
     path = Path(path)
-    files = [path] + sorted(path.parent.glob(f"{path.name}.[0-9]*")) if path.parent.is_dir() else [path]
+    files = [path, *sorted(path.parent.glob(f"{path.name}.[0-9]*"))]  # (no directory: no siblings)
     return " | ".join(line for line in map(_state_line, files) if line)
 
 

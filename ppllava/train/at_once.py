@@ -1,8 +1,9 @@
 """Several trainings at once, each in a process of its own with a share of the cores.
 
-The tiny models are small enough that torch's intra-op threads leave a 2-core CPU half idle: one
-stage-2 run with 2 threads made 7.5 steps/s, two runs at once with 1 thread each 10.0 steps/s together
-(benchmarks/train_bench.py --at-once measures it side by side). The notebooks train sets of
+The tiny models are small enough that torch's two intra-op threads leave part of a 2-core CPU idle:
+four stage-2 variants trained two at a time, one thread each, took 1.16-1.25x less wall time than one
+after another with two threads (benchmarks/at_once_bench.py, side by side; docs/benchmarks.md). The
+notebooks train sets of
 independent variants (notebook 03's pooling rows, 07's needle rows, 06's DPO controls), so
 `Recipe.at_once` collects what a block asks for and hands it here.
 

@@ -9,10 +9,10 @@ without it and compares the weights).
 """
 from __future__ import annotations
 
-import hashlib
 from typing import Callable, Dict, List
 
 import torch
+import xxhash
 
 
 class FrozenFeatureCache:
@@ -39,14 +39,10 @@ class FrozenFeatureCache:
             frames = frames.view(torch.int16)
         head = f"{kind}{pixels.dtype}{tuple(frames.shape[1:])}".encode()
         array = frames.numpy()
-        # SHA-1 for speed (the CPU computes it in hardware: 4 ms for 128 frames of 64 px, blake2b 7 ms),
-        # not for secrecy: 160 bits leave no chance of two frames sharing a key.
-        keys = []
-        for frame in array:
-            digest = hashlib.sha1(head, usedforsecurity=False)
-            digest.update(frame)  # the array's own buffer, not a copy
-            keys.append(digest.digest())
-        return keys
+        # xxHash's 128-bit XXH3 for speed, not secrecy: 0.4 ms for 256 frames of 64 px where SHA-1 (in
+        # hardware) took 6.8 ms, an eighth of a needle training step at 256 frames. Frames are not
+        # chosen by an adversary, and 128 bits leave no chance of two frames sharing a key by accident.
+        return [head + xxhash.xxh3_128_digest(frame) for frame in array]  # the array's own buffer, no copy
 
     def features(self, pixels: torch.Tensor, compute: Callable[[torch.Tensor], torch.Tensor],
                  kind: str = "") -> torch.Tensor:

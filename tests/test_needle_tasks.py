@@ -2,6 +2,7 @@
 the rendered frames confirm, the oracle covering every object a question names, mixed needle worlds
 and their bad inputs."""
 import json
+import re
 
 import numpy as np
 import pytest
@@ -119,6 +120,18 @@ def test_an_unknown_needle_task_is_refused_before_anything_is_written(tmp_path, 
     with pytest.raises(ValueError, match=match):
         write_needle_world(tmp_path / "n", 16, train=2, val=0, test=0, tasks=tasks, progress=False)
     assert not (tmp_path / "n").exists()
+
+
+@pytest.mark.parametrize("most, tasks, short", [(1, ("recall",), "{'recall': 2}"), (2, ("recall", "order"), "{'order': 3}"),
+                                                (3, ("count", "order", "count"), "{'count': 4}")])
+def test_too_few_objects_for_a_needle_task_are_refused_before_anything_is_written(tmp_path, most, tasks, short):
+    # Before this check numpy stopped the first such scene with "low >= high", a directory half written.
+    with pytest.raises(ValueError, match=rf"max_objects = {most} is too few for needle task\(s\) {re.escape(short)}"):
+        write_needle_world(tmp_path / "n", 16, WorldSpec(max_objects=most), train=6, val=0, test=0, tasks=tasks,
+                           progress=False)
+    assert not (tmp_path / "n").exists()
+    write_needle_world(tmp_path / "ok", 16, WorldSpec(max_objects=most + 1), train=3, val=0, test=0, tasks=tasks,
+                       progress=False)  # one more object is enough
 
 
 def test_brief_spans_that_do_not_fit_the_scene_are_refused():

@@ -281,7 +281,7 @@ class WorldWriter:
         video's needle first appears in depth bin i % depth_bins (`needle_depth_range`), so the recall
         videos are balanced over `evaluate.counts_by_depth`'s bins; order and count videos draw their
         appearances anywhere they fit (two or three brief appearances cannot all start in the last bin)."""
-        _check_needle_tasks(tasks)
+        _check_needle_tasks(tasks, self.spec)
         records = []
         for index in tqdm(range(count), desc=f"needle {split} ({num_frames} frames)", disable=not progress):
             rng = np.random.default_rng((self.spec.seed, SPLIT_SEED_BASE[f"needle-{split}"], num_frames, index))
@@ -359,10 +359,20 @@ def write_world(root, spec: Optional[WorldSpec] = None, *, train: int = 400, val
     return counts
 
 
-def _check_needle_tasks(tasks: Sequence[str]) -> None:
+# The most objects a needle scene of each task can hold (`WorldWriter._needle_scene`): its brief ones (one
+# recall needle, two order needles, up to three appearances counted) and one that stays on screen.
+NEEDLE_OBJECTS = {"recall": 2, "order": 3, "count": 4}
+
+
+def _check_needle_tasks(tasks: Sequence[str], spec: WorldSpec) -> None:
     unknown = [t for t in tasks if t not in NEEDLE_TASKS]
     if isinstance(tasks, str) or not tasks or unknown:
         raise ValueError(f"needle tasks {tasks!r}: give a list of {NEEDLE_TASKS}")
+    most = spec.max_objects or OBJECT_LIMITS[spec.layout][1]
+    short = {task: NEEDLE_OBJECTS[task] for task in dict.fromkeys(tasks) if NEEDLE_OBJECTS[task] > most}
+    if short:
+        raise ValueError(f"WorldSpec.max_objects = {most} is too few for needle task(s) {short}: the objects a scene "
+                         f"of each can need (its brief ones and one that stays); raise max_objects or drop the task")
 
 
 def needle_depth_range(depth_bin: int, bins: int, num_frames: int, needle: int) -> Optional[Tuple[int, int]]:
@@ -384,8 +394,8 @@ def write_needle_world(root, num_frames: int, spec: Optional[WorldSpec] = None, 
     "recall" the colour of one brief object, the "order" of two, "count" one object's 1-3 appearances
     (`tasks.ask_needle`). `test_depth_bins` > 0: the test split's recall videos balanced over that many
     depth bins (`WorldWriter.write_needle_split`)."""
-    _check_needle_tasks(tasks)  # before any directory is made
     spec = spec or WorldSpec()
+    _check_needle_tasks(tasks, spec)  # before any directory is made
     writer = WorldWriter(Path(root), spec)
     counts = {split: writer.write_needle_split(split, n, num_frames, progress,
                                                depth_bins=test_depth_bins if split == "test" else 0, tasks=tuple(tasks))

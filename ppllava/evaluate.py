@@ -66,6 +66,9 @@ def generate_answers(model, dataset: LLaVADataset, *, batch_size: int = 16, max_
     caption of three or more objects short)."""
     if relevance not in ("model", "oracle"):
         raise ValueError(f"relevance must be 'model' or 'oracle', got {relevance!r}")
+    if getattr(dataset, "video_features", None) is not None:
+        raise ValueError("generate_answers reads each video's pixels through the processor: give it a dataset "
+                         "without a VideoFeatureStore")
     model.eval()
     tokenizer, processor = dataset.tokenizer, dataset.processor
     chosen = list(range(len(dataset))) if indices is None else sorted(set(indices))

@@ -212,5 +212,9 @@ def test_the_models_cached_features_are_checked(world_model, video):
                                          r"for pixel_values_videos of shape \(1, 8, 3, 64, 64\), got \(1, 5, 64\)"):
         world_model.generate(**inputs, video_features=chat.features[:, :5], max_new_tokens=1)
     text_only = chat.processor(text=["what colour is the star ?"])
-    with pytest.raises(ValueError, match="video_features were given without pixel_values_videos"):
+    with pytest.raises(ValueError, match="video tokens and features do not match, tokens: 0, features: 16"):
         world_model.generate(**text_only, video_features=chat.features, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"video_features must have shape \(n, T\*g\*g, Dv\) with g\*g = 16 .* "
+                                         r"got \(1, 5, 64\)"):  # alone, checked on their own
+        world_model.generate(**{k: v for k, v in inputs.items() if k != "pixel_values_videos"},
+                             video_features=chat.features[:, :5], max_new_tokens=1)

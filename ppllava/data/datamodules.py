@@ -77,7 +77,8 @@ class MediaBatchSampler(Sampler[List[int]]):
 class _Base(L.LightningDataModule):
     def __init__(self, root, config: PPLLaVAConfig, tokenizer=None, *, batch_size: int = 8, template: str = "vicuna_v1",
                  reader: str = "decord", sampling: str = "uniform", num_workers: int = 0, skip_bad: bool = False,
-                 max_length: Optional[int] = None, seed: int = 0, tasks: Optional[Sequence[str]] = None, cache_mb: float = 0):
+                 max_length: Optional[int] = None, seed: int = 0, tasks: Optional[Sequence[str]] = None, cache_mb: float = 0,
+                 video_features=None):
         super().__init__()
         if tokenizer is None:
             from ppllava.data.tokenizer import build_world_tokenizer
@@ -86,7 +87,8 @@ class _Base(L.LightningDataModule):
         self.root, self.config, self.tokenizer = Path(root), config, tokenizer
         self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
         self.dataset_kwargs = dict(template=template, reader=reader, sampling=sampling, skip_bad=skip_bad,
-                                   max_length=max_length, seed=seed, tasks=tasks, cache_mb=cache_mb)
+                                   max_length=max_length, seed=seed, tasks=tasks, cache_mb=cache_mb,
+                                   video_features=video_features)  # a VideoFeatureStore, or None
         self.datasets: Dict[str, object] = {}
 
     def _replicas(self):

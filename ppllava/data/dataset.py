@@ -42,10 +42,15 @@ class Sample:
     image_crops: List[int] = field(default_factory=list)
     repeated_frames: int = 0
     record: dict = field(default_factory=dict)
+    # A video's patch features (T*g*g, Dv) from a VideoFeatureStore, in place of its pixels (then None).
+    features: Optional[torch.Tensor] = None
+    frames: int = 0  # a video's frames, T
+
 
     def videos(self) -> List[torch.Tensor]:
-        """The processed videos, as `PPLLaVAProcessor.__call__` takes them: [(T, 3, S, S)] or []."""
-        return [self.pixels] if self.kind == "video" else []
+        """The processed videos, as `PPLLaVAProcessor.__call__` takes them: [(T, 3, S, S)] or [] (also for
+        a video served as `features`)."""
+        return [self.pixels] if self.kind == "video" and self.pixels is not None else []
 
     def images(self) -> List[ProcessedImage]:
         """The processed images, as `PPLLaVAProcessor.__call__` takes them (each its own crops)."""
@@ -68,7 +73,7 @@ class LLaVADataset(Dataset):
                  sampling: str = "uniform", num_frames: Optional[int] = None, fps: Optional[float] = None,
                  max_length: Optional[int] = None, skip_bad: bool = False, seed: int = 0,
                  tasks: Optional[Sequence[str]] = None, cache_mb: float = 0,
-                 convert: Optional[Callable[[dict], dict]] = None):
+                 convert: Optional[Callable[[dict], dict]] = None, video_features=None):
         in_memory = isinstance(annotations, list)
         if in_memory and media_root is None:
             raise ValueError("records given in memory need a media_root")
@@ -98,6 +103,9 @@ class LLaVADataset(Dataset):
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.cache: Dict[int, tuple] = {}
         self.cache_room = int(cache_mb * 2**20)
+        # A VideoFeatureStore (ppllava.data.video_features): videos come as the frozen tower's features,
+        # computed once and read from disk, never decoded again.
+        self.video_features = video_features
         entries = ([record_entry(self.source, "list index", i, r) for i, r in enumerate(annotations)] if in_memory
                    else read_entries(annotations))
         for entry in entries:
@@ -168,18 +176,28 @@ class LLaVADataset(Dataset):
         """The processed sample, or a RecordError (naming file, line and record) on bad input."""
         record, kind = self.records[index], self.kinds[index]
         rid = str(record.get("id", index))
-        pixels, sizes, crops, repeated = self.cache.get(index) or self._media(index, record, kind)
-        ids, labels = self.encode(index, record["conversations"], kind, pixels, sizes, crops)
+        features = None
+        if kind == "video" and self.video_features is not None:
+            try:
+                features, repeated = self.video_features.features(self, index)
+            except MediaError as err:  # the reader names the file; the record's place is added here
+                raise self.error(index, str(err), "media", field="video") from err
+            pixels, sizes, crops = None, [], []
+            frames = features.shape[0] // (self.config.image_size // self.config.patch_size) ** 2
+        else:
+            pixels, sizes, crops, repeated = self.cache.get(index) or self._media(index, record, kind)
+            frames = pixels.shape[0] if kind == "video" else 0
+        ids, labels = self.encode(index, record["conversations"], kind, frames, sizes, crops)
         clip_text = clip_prompt_text(record["conversations"], self.config.clip_prompt)
-        return Sample(rid, kind, ids, labels, clip_text, pixels, sizes, crops, repeated, record)
+        return Sample(rid, kind, ids, labels, clip_text, pixels, sizes, crops, repeated, record, features, frames)
 
-    def encode(self, index: int, turns: List[dict], kind: str, pixels, sizes, crops,
+    def encode(self, index: int, turns: List[dict], kind: str, frames: int, sizes, crops,
                field: str = "conversations") -> Tuple[List[int], List[int]]:
         """(ids, labels) of a conversation by the processor's `encode_training`, its faults placed in the file."""
         rid = str(self.records[index].get("id", index))
         try:
             ids, labels = self.processor.encode_training(
-                turns, image_sizes=sizes, image_crops=crops, video_frames=[pixels.shape[0]] if kind == "video" else [],
+                turns, image_sizes=sizes, image_crops=crops, video_frames=[frames] if kind == "video" else [],
                 record_id=rid)
         except UnknownWords as err:
             raise self.error(index, str(err), "unknown_words", field) from err
@@ -231,10 +249,16 @@ class Collator:
                                                           self.config.text_context_length),
                      repeated_frames=sum(s.repeated_frames for s in samples))
         videos = [v for s in samples for v in s.videos()]
+        features = [s.features for s in samples if s.features is not None]
+        if videos and features:
+            raise ValueError("a batch holds videos as pixels and as stored features: give every video of a dataset "
+                             "the same form (a VideoFeatureStore serves them all)")
         if videos:
             batch["pixel_values_videos"] = stack_videos(videos)
-            if self.oracle:
-                batch["video_relevance"] = oracle_batch(samples, self.config)
+        if features:
+            batch["video_features"] = torch.stack(features)  # (n, T*g*g, Dv); stack_videos' checks are the model's here
+        if (videos or features) and self.oracle:
+            batch["video_relevance"] = oracle_batch(samples, self.config)
         images = [im for s in samples for im in s.images()]
         if images:
             batch.update(stack_images(images))
@@ -245,12 +269,12 @@ def oracle_batch(samples: Sequence[Sample], config: PPLLaVAConfig) -> torch.Tens
     """The oracle relevance (`ppllava.data.oracle`) of each video sample's record: (n, T, g, g)."""
     from ppllava.data.oracle import oracle_relevance
 
-    return torch.stack([oracle_relevance(s.record, s.pixels.shape[0], config.image_size, config.patch_size)
+    return torch.stack([oracle_relevance(s.record, s.frames, config.image_size, config.patch_size)
                         for s in samples if s.kind == "video"])
 
 
 MODEL_KEYS = ("input_ids", "attention_mask", "labels", "clip_input_ids", "pixel_values", "image_sizes", "image_crops",
-              "pixel_values_videos", "video_relevance")
+              "pixel_values_videos", "video_features", "video_relevance")
 
 
 def model_inputs(batch: Dict[str, object]) -> Dict[str, object]:

@@ -53,7 +53,7 @@ class PreferenceDataset(Dataset):
 
     def _pair(self, index: int) -> Dict[str, Sample]:
         chosen = self.base.load(index)
-        ids, labels = self.base.encode(index, chosen.record["rejected_conversations"], chosen.kind, chosen.pixels,
+        ids, labels = self.base.encode(index, chosen.record["rejected_conversations"], chosen.kind, chosen.frames,
                                        chosen.image_sizes, chosen.image_crops, field="rejected")
         rejected = replace(chosen, input_ids=ids, labels=labels)
         return {"chosen": chosen, "rejected": rejected}

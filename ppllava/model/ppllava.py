@@ -204,10 +204,31 @@ class PPLLaVA(nn.Module):
         n, T = pixel_values_videos.shape[:2]
         return self._patch_features(pixel_values_videos.flatten(0, 1)).reshape(n, T * self.patch_grid ** 2, -1)
 
-    def _video_patches(self, pixel_values_videos: torch.Tensor, video_features: Optional[torch.Tensor]) -> torch.Tensor:
-        """`video_features` when given (checked against the pixels), else computed from the pixels."""
+    def video_shape(self, pixel_values_videos: Optional[torch.Tensor], video_features: Optional[torch.Tensor]):
+        """(n, T) of a batch's videos: from their pixels, or from their `video_features` (n, T*g*g, Dv) when
+        those come alone (a stage that trains with the tower frozen reads them from a
+        `ppllava.data.video_features.VideoFeatureStore` and never decodes the pixels); None for neither."""
+        if pixel_values_videos is not None:
+            inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
+            return tuple(pixel_values_videos.shape[:2])
+        if video_features is None:
+            return None
+        cells, width = self.patch_grid ** 2, self.vision_config.hidden_size
+        if (not isinstance(video_features, torch.Tensor) or video_features.ndim != 3 or video_features.shape[0] == 0
+                or video_features.shape[1] == 0 or video_features.shape[1] % cells or video_features.shape[2] != width):
+            got = tuple(video_features.shape) if isinstance(video_features, torch.Tensor) else type(video_features).__name__
+            raise ValueError(f"video_features must have shape (n, T*g*g, Dv) with g*g = {cells} patches a frame and "
+                             f"Dv = {width}, n and T >= 1, got {got}")
+        return video_features.shape[0], video_features.shape[1] // cells
+
+    def _video_patches(self, pixel_values_videos: Optional[torch.Tensor],
+                       video_features: Optional[torch.Tensor]) -> torch.Tensor:
+        """`video_features` when given (checked against the pixels, if any), else computed from the pixels."""
         if video_features is None:
             return self.video_features(pixel_values_videos)
+        if pixel_values_videos is None:
+            self.video_shape(None, video_features)
+            return video_features
         n, T = pixel_values_videos.shape[:2]
         expected = (n, T * self.patch_grid ** 2, self.vision_config.hidden_size)
         if tuple(video_features.shape) != expected:
@@ -274,11 +295,14 @@ class PPLLaVA(nn.Module):
             return self.projector(self._pool(patches, grid, guide, media))
         return self._pool(self.projector(patches), grid, guide, media)
 
-    def _generators(self, pixels: torch.Tensor) -> Optional[List[torch.Generator]]:
+    def _generators(self, pixels: Optional[torch.Tensor]) -> Optional[List[torch.Generator]]:
         """'random' in eval: one generator per sample of `pixels`, seeded by `random_seed` and its pixels
         (`compress_tokens.pixel_generators` says why); None otherwise (training draws afresh)."""
         if self.config.pooling != "random" or self.training:
             return None
+        if pixels is None:
+            raise ValueError("pooling 'random' at inference draws by each video's pixels (a fixed choice per video): "
+                             "pass pixel_values_videos, not video_features alone")
         return pixel_generators(pixels, self.config.random_seed)
 
     def _check_video_features_usable(self, video_features) -> None:
@@ -286,17 +310,20 @@ class PPLLaVA(nn.Module):
             raise ValueError(f"pooling {self.config.pooling!r} reads the vision tower's [CLS] attention and keys, which "
                              "video_features do not hold: pass the pixels alone")
 
-    def video_tokens(self, pixel_values_videos: torch.Tensor, prompt_embeds: Optional[torch.Tensor] = None,
+    def video_tokens(self, pixel_values_videos: Optional[torch.Tensor], prompt_embeds: Optional[torch.Tensor] = None,
                      relevance: Optional[torch.Tensor] = None,
                      video_features: Optional[torch.Tensor] = None) -> torch.Tensor:
         """(n, T, 3, S, S) videos -> (n, video_token_count(T), D). `prompt_embeds` (n, Dc), one per
         video, for 'prompt' pooling and 'topk' selection; or `relevance` (n, T, g, g) to pool or select
         by a given map (an oracle). `video_features`: the videos' `video_features`, already computed
-        (not for 'dominant', which reads the tower's attention too). With `video_chunk_frames` set, a video
-        longer than it is encoded that many frames at a time (`chunked_video.chunked_video_tokens`)."""
+        (not for 'dominant', which reads the tower's attention too), beside the pixels or alone
+        (`pixel_values_videos` None). With `video_chunk_frames` set, a video longer than it is encoded
+        that many frames at a time (`chunked_video.chunked_video_tokens`)."""
         mode = self.config.pooling
-        inputs.check_pixels(pixel_values_videos, "pixel_values_videos", self.vision_config.image_size, "T")
-        n, T = pixel_values_videos.shape[:2]
+        shape = self.video_shape(pixel_values_videos, video_features)
+        if shape is None:
+            raise ValueError("video_tokens needs pixel_values_videos or video_features")
+        n, T = shape
         g = self.patch_grid
         self.video_token_count(T)  # a clear error for frames the pooling does not cover, before any compute
         self._check_video_features_usable(video_features)
@@ -314,7 +341,7 @@ class PPLLaVA(nn.Module):
             return chunked_video_tokens(self, TensorFrames(pixel_values_videos), chunk, prompt_embeds=prompt_embeds,
                                         relevance=relevance)
         cls_attention = keys = None
-        if mode in TOWER_ATTENTION_MODES:
+        if mode in TOWER_ATTENTION_MODES:  # the pixels themselves: features alone were refused above
             patches, cls_attention, keys = self._patch_features(pixel_values_videos.flatten(0, 1), attention=True)
             patches, cls_attention, keys = (t.reshape(n, T * g * g, *t.shape[2:])  # frames back into their videos
                                             for t in (patches, cls_attention, keys))
@@ -375,7 +402,7 @@ class PPLLaVA(nn.Module):
         return owners
 
     def _check_batch(self, input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
-                     video_relevance) -> None:
+                     video_relevance, video_features=None) -> None:
         """Every batch fault named before any compute (see `ppllava.model.inputs`)."""
         cfg, size = self.config, self.vision_config.image_size
         batch = inputs.check_input_ids(input_ids)
@@ -383,17 +410,17 @@ class PPLLaVA(nn.Module):
             inputs.check_clip_input_ids(clip_input_ids, batch, "samples (input_ids rows)")
         if pixel_values is not None:
             inputs.check_images(pixel_values, image_sizes, image_crops, size)
-        if pixel_values_videos is not None:
-            inputs.check_pixels(pixel_values_videos, "pixel_values_videos", size, "T")
-            self.video_token_count(pixel_values_videos.shape[1])  # frames the pooling does not cover
+        videos = self.video_shape(pixel_values_videos, video_features)
+        if videos is not None:
+            self.video_token_count(videos[1])  # frames the pooling does not cover
             if video_relevance is not None:
-                inputs.check_relevance(video_relevance, *pixel_values_videos.shape[:2], self.patch_grid, cfg.check_finite)
+                inputs.check_relevance(video_relevance, *videos, self.patch_grid, cfg.check_finite)
         elif video_relevance is not None:
-            raise ValueError("video_relevance was given without pixel_values_videos")
+            raise ValueError("video_relevance was given without pixel_values_videos or video_features")
         if video_relevance is not None and cfg.pooling not in PROMPT_MODES:  # it would be ignored without a word
             raise ValueError(f"video_relevance weights pooling 'prompt' and ranks 'topk' only; this model pools "
                              f"{cfg.pooling!r}")
-        needs_prompt = pixel_values is not None or (pixel_values_videos is not None and video_relevance is None)
+        needs_prompt = pixel_values is not None or (videos is not None and video_relevance is None)
         if cfg.pooling in PROMPT_MODES and needs_prompt and clip_input_ids is None:
             raise ValueError(f"pooling {cfg.pooling!r} needs clip_input_ids (the CLIP prompt of each sample)")
 
@@ -438,14 +465,13 @@ class PPLLaVA(nn.Module):
         if video_embeds is not None:
             self._check_video_embeds(video_embeds, pixel_values_videos, video_features, video_relevance)
         self._check_batch(input_ids, pixel_values, image_sizes, image_crops, pixel_values_videos, clip_input_ids,
-                          video_relevance)
-        if video_features is not None and pixel_values_videos is None:
-            raise ValueError("video_features were given without pixel_values_videos (the videos they came from)")
+                          video_relevance, video_features)
         self._check_video_features_usable(video_features)
+        videos = self.video_shape(pixel_values_videos, video_features)
         embeds = self.language_model.get_input_embeddings()(input_ids)
         image_mask, video_mask = input_ids == cfg.image_token_id, input_ids == cfg.video_token_id
         prompts = None
-        if cfg.pooling in PROMPT_MODES and clip_input_ids is not None and (pixel_values is not None or pixel_values_videos is not None):
+        if cfg.pooling in PROMPT_MODES and clip_input_ids is not None and (pixel_values is not None or videos is not None):
             prompts = self.encode_prompts(clip_input_ids)
         if pixel_values is not None:
             if image_sizes is None:
@@ -457,9 +483,9 @@ class PPLLaVA(nn.Module):
             embeds = embeds.masked_scatter(image_mask[..., None], torch.cat(tokens).to(embeds.dtype))
         elif image_mask.any():
             raise ValueError(f"input_ids hold {int(image_mask.sum())} image tokens but no pixel_values were given")
-        if pixel_values_videos is not None:
-            count = self.video_token_count(pixel_values_videos.shape[1])
-            owners = self._owners(video_mask, [count] * pixel_values_videos.shape[0], "video")
+        if videos is not None:
+            count = self.video_token_count(videos[1])
+            owners = self._owners(video_mask, [count] * videos[0], "video")
             tokens = self.video_tokens(pixel_values_videos, None if prompts is None else prompts[owners], video_relevance,
                                        video_features)
             embeds = embeds.masked_scatter(video_mask[..., None], tokens.to(embeds.dtype))
@@ -482,18 +508,20 @@ class PPLLaVA(nn.Module):
         if labels is not None:
             visual = (input_ids == self.config.image_token_id) | (input_ids == self.config.video_token_id)
             labels = labels.masked_fill(visual, -100)
-        plan = self._fastv_plan(input_ids, attention_mask, labels, pixel_values_videos)
+        plan = self._fastv_plan(input_ids, attention_mask, labels, pixel_values_videos, video_features)
         if plan is not None:  # logits stay (B, L, V); `kept` says which positions the layers from K held
             return fastv.causal_lm_forward(self.language_model, plan, embeds, attention_mask, labels, **lm_kwargs)
         return self.language_model(inputs_embeds=embeds, attention_mask=attention_mask, labels=labels, **lm_kwargs)
 
-    def _fastv_plan(self, input_ids, attention_mask, labels, pixel_values_videos) -> Optional[fastv.Plan]:
+    def _fastv_plan(self, input_ids, attention_mask, labels, pixel_values_videos,
+                    video_features=None) -> Optional[fastv.Plan]:
         """Under pooling 'fastv', with videos: what the LLM's prefill prunes by (`fastv.make_plan`); else None
         (a batch without videos runs the LLM as 'none' does)."""
         cfg = self.config
-        if cfg.pooling not in LLM_PRUNING_MODES or pixel_values_videos is None:
+        videos = self.video_shape(pixel_values_videos, video_features)
+        if cfg.pooling not in LLM_PRUNING_MODES or videos is None:
             return None
-        frames = pixel_values_videos.shape[1]
+        frames = videos[1]
         return fastv.make_plan(input_ids, cfg.video_token_id, attention_mask, labels, self.video_token_count(frames),
                                self.pruned_video_token_count(frames), cfg.fastv_layer)
 
@@ -513,7 +541,7 @@ class PPLLaVA(nn.Module):
         if attention_mask is None:
             attention_mask = torch.ones_like(input_ids)
         generate_kwargs.setdefault("pad_token_id", self.config.pad_token_id)
-        plan = self._fastv_plan(input_ids, attention_mask, None, pixel_values_videos)
+        plan = self._fastv_plan(input_ids, attention_mask, None, pixel_values_videos, video_features)
         if plan is None:
             return self.language_model.generate(inputs_embeds=embeds, attention_mask=attention_mask, **generate_kwargs)
         cache = fastv.FastVCache(fastv.base_model(self.language_model).model.config, plan.layer)

@@ -50,6 +50,9 @@ class TrainConfig:
     # sft1, sft2, dpo: the frozen vision tower's features of frames already seen (ppllava.model.feature_cache);
     # the same weights come out, faster
     vision_cache_mb: float = 0
+    # sft1, sft2: each video's frozen-tower features computed once into <data>/features and read in place of
+    # its pixels, by every epoch and every run on that world with the same tower (ppllava.data.video_features)
+    video_feature_store: bool = False
 
     # --- stage switches -------------------------------------------------------------------
     mix: Dict[str, float] = field(default_factory=lambda: {"video": 0.5, "image": 0.3, "multi": 0.2})
@@ -93,6 +96,9 @@ class TrainConfig:
         if self.stage == "clip" and self.vision_cache_mb > 0:
             raise ValueError(f"TrainConfig.vision_cache_mb = {self.vision_cache_mb} caches a frozen vision tower, but the "
                              "clip stage trains it: set it to 0 for clip")
+        if self.video_feature_store and self.stage not in ("sft1", "sft2"):
+            raise ValueError(f"TrainConfig.video_feature_store serves the frozen vision tower's features of SFT videos "
+                             f"(stages sft1, sft2), not stage {self.stage!r}")
         if self.max_steps != -1 and self.max_steps < 1:
             raise ValueError(f"TrainConfig.max_steps must be -1 (run max_epochs) or >= 1, got {self.max_steps}")
         for name in ("lr", "beta"):

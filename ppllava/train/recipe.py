@@ -309,7 +309,7 @@ def _training_fields(cfg: TrainConfig) -> Dict[str, object]:
     """What decides the trained weights: not the paths that move with the run directory (the world
     itself is pinned by recipe.json), nor how media are loaded."""
     return {k: v for k, v in cfg.__dict__.items() if k not in ("run_dir", "data", "init_from", "num_workers", "media_cache_mb",
-                                                          "vision_cache_mb")}
+                                                          "vision_cache_mb", "video_feature_store")}
 
 
 def main(argv=None) -> Dict[str, object]:

@@ -2,6 +2,7 @@
 pixels. The model reads features alone as it reads the pixels; the store's features are the tower's; a
 training run with the store ends where one without it ends; bad uses are refused by name."""
 import os
+import re
 
 import pytest
 import torch
@@ -83,6 +84,20 @@ def test_another_tower_or_a_rewritten_video_is_another_key(world, tmp_path):
         assert store.path(data, 0) != first
     finally:
         os.utime(video, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+
+
+def test_a_damaged_store_file_is_named_not_read(world, tmp_path):
+    model = frozen()
+    store = VideoFeatureStore(tmp_path / "features", model)
+    data = LLaVADataset(world / "train.json", model.config, build_world_tokenizer(), video_features=store)
+    data[0]
+    path = store.path(data, 0)
+    path.write_bytes(path.read_bytes()[:100])  # cut short
+    with pytest.raises(ValueError, match=rf"{re.escape(str(path))} is not a readable video feature file"):
+        data[0]
+    torch.save({"unique": torch.zeros(2, 9, 64), "index": torch.tensor([0, 1]), "repeated": 0}, path)
+    with pytest.raises(ValueError, match=r"features of shape \(2, 9, 64\) .* not \(U, 16, 64\)"):
+        data[0]
 
 
 def weights(path):

@@ -87,10 +87,26 @@ class VideoFeatureStore:
         except OSError:  # no such video: the reader's MediaError, which the dataset places in its file, says so
             return self._compute(dataset, index, None)
         if path.exists():
-            stored = torch.load(path, map_location="cpu", weights_only=True)
+            unique, inverse, repeated = self._load(path)
             self.read += 1
-            return stored["unique"][stored["index"]].flatten(0, 1), int(stored["repeated"])
+            return unique[inverse].flatten(0, 1), repeated
         return self._compute(dataset, index, path)
+
+    def _load(self, path: Path) -> Tuple[torch.Tensor, torch.Tensor, int]:
+        """A stored file, checked: (distinct frames' features (U, g*g, Dv), frame -> distinct frame (T,), repeated)."""
+        cells, width = self.model.patch_grid ** 2, self.model.vision_config.hidden_size
+        try:
+            stored = torch.load(path, map_location="cpu", weights_only=True)
+            unique, inverse, repeated = stored["unique"], stored["index"], int(stored["repeated"])
+        except Exception as err:  # re-raised with the file named, never skipped
+            raise ValueError(f"{path} is not a readable video feature file ({type(err).__name__}: {err}); "
+                             "delete it and it is computed again") from err
+        if (unique.ndim != 3 or tuple(unique.shape[1:]) != (cells, width) or inverse.ndim != 1
+                or not 0 <= int(inverse.min()) <= int(inverse.max()) < unique.shape[0]):
+            raise ValueError(f"{path} holds features of shape {tuple(unique.shape)} and a frame index of shape "
+                             f"{tuple(inverse.shape)}, not (U, {cells}, {width}) and (T,) into U: delete it and it is "
+                             "computed again")
+        return unique, inverse, repeated
 
     def _compute(self, dataset, index: int, path) -> Tuple[torch.Tensor, int]:
         pixels, repeated = dataset._video(dataset.records[index], index)  # (T, 3, S, S); a MediaError names the file

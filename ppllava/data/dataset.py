@@ -46,7 +46,6 @@ class Sample:
     features: Optional[torch.Tensor] = None
     frames: int = 0  # a video's frames, T
 
-
     def videos(self) -> List[torch.Tensor]:
         """The processed videos, as `PPLLaVAProcessor.__call__` takes them: [(T, 3, S, S)] or [] (also for
         a video served as `features`)."""
@@ -183,7 +182,7 @@ class LLaVADataset(Dataset):
             except MediaError as err:  # the reader names the file; the record's place is added here
                 raise self.error(index, str(err), "media", field="video") from err
             pixels, sizes, crops = None, [], []
-            frames = features.shape[0] // (self.config.image_size // self.config.patch_size) ** 2
+            frames = features.shape[0] // self.layout.patch_grid ** 2
         else:
             pixels, sizes, crops, repeated = self.cache.get(index) or self._media(index, record, kind)
             frames = pixels.shape[0] if kind == "video" else 0

@@ -27,6 +27,8 @@ from typing import Tuple, Union
 import torch
 import xxhash
 
+from ppllava.model.feature_cache import FrozenFeatureCache
+
 STORE_VERSION = 1  # bump when what a file holds changes
 
 
@@ -110,8 +112,7 @@ class VideoFeatureStore:
 
     def _compute(self, dataset, index: int, path) -> Tuple[torch.Tensor, int]:
         pixels, repeated = dataset._video(dataset.records[index], index)  # (T, 3, S, S); a MediaError names the file
-        frames = pixels.contiguous().numpy()
-        keys = [xxhash.xxh3_128_digest(frame) for frame in frames]
+        keys = FrozenFeatureCache.keys(pixels)  # equal keys, equal frames
         first = {}  # each distinct frame: where it is first seen
         for t, key in enumerate(keys):
             first.setdefault(key, t)

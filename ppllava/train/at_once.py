@@ -3,9 +3,8 @@
 The tiny models are small enough that torch's two intra-op threads leave part of a 2-core CPU idle:
 four stage-2 variants trained two at a time, one thread each, took 1.16-1.25x less wall time than one
 after another with two threads (benchmarks/at_once_bench.py, side by side; docs/benchmarks.md). The
-notebooks train sets of
-independent variants (notebook 03's pooling rows, 07's needle rows, 06's DPO controls), so
-`Recipe.at_once` collects what a block asks for and hands it here.
+notebooks train sets of independent variants (notebook 03's pooling rows, 07's needle rows, 06's DPO
+controls), so `Recipe.at_once` collects what a block asks for and hands it here.
 
 A job runs `python -m ppllava.train <its config>` with OMP_NUM_THREADS set to its share; it starts
 once no unfinished job writes the model it starts from (`init_from`), so a set may hold a variant and

@@ -22,7 +22,6 @@ import torch
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger
 
-from ppllava.config import PPLLaVAConfig
 from ppllava.data.tasks import TEXT_TASKS
 from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.data.datamodules import ClipPairsDataModule, DPODataModule, SFTDataModule, SkipReport
@@ -45,11 +44,10 @@ def build_model(cfg: TrainConfig) -> PPLLaVA:
     return PPLLaVA(cfg.model_config())  # the preset with the `model` overrides
 
 
-def build_data(cfg: TrainConfig, config: PPLLaVAConfig, train_pairs: Optional[Path] = None, model: Optional[PPLLaVA] = None):
+def build_data(cfg: TrainConfig, model: PPLLaVA, train_pairs: Optional[Path] = None):
+    config = model.config
     common = dict(batch_size=cfg.batch_size, num_workers=cfg.num_workers, seed=cfg.seed, cache_mb=cfg.media_cache_mb)
     if cfg.video_feature_store:  # the model's tower, frozen by its stage's module: built before the data
-        if model is None:
-            raise ValueError("TrainConfig.video_feature_store needs the model whose frozen tower makes the features")
         if cfg.num_workers:  # the store runs the tower where the dataset loads: one process, the model's own
             raise ValueError(f"TrainConfig.video_feature_store runs the vision tower in the loading process: set "
                              f"num_workers to 0, got {cfg.num_workers}")
@@ -125,7 +123,7 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
                                      correct=cfg.dpo_pairs == "on_policy_corrected")
             (run_dir / "on_policy_counts.json").write_text(json.dumps(counts, indent=2))
     module = MODULES[cfg.stage](model, cfg)
-    data = build_data(cfg, model.config, train_pairs, model)
+    data = build_data(cfg, model, train_pairs)
     trainer = build_trainer(cfg, run_dir, callbacks)
     if trainer.is_global_zero:
         cfg.to_yaml(run_dir / "train_config.yaml")

@@ -25,6 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
     (dict(batch_size=8.0), r"TrainConfig.batch_size must be an int, got 8.0 \(float\)"),  # int refuses float
     (dict(batch_size="8"), r"TrainConfig.batch_size must be an int, got '8' \(str\)"),  # ... str
     (dict(max_epochs=True), r"TrainConfig.max_epochs must be an int, got True \(bool\)"),  # ... bool
+    (dict(clip_text_groups=2.0), r"TrainConfig.clip_text_groups must be an int, got 2.0 \(float\)"),
     (dict(gradient_checkpointing="yes"), r"TrainConfig.gradient_checkpointing must be a bool, got 'yes'"),
     (dict(stage=2), r"TrainConfig.stage must be a string, got 2 \(int\)"),
     (dict(init_from=3), r"TrainConfig.init_from must be a string or None, got 3"),  # Optional
@@ -52,6 +53,7 @@ def test_train_config_checks_every_type(overrides, match):
     (dict(weight_decay=-0.1), "TrainConfig.weight_decay must be >= 0, got -0.1"),
     (dict(num_workers=-1), "TrainConfig.num_workers must be >= 0, got -1"),
     (dict(beta=0), "TrainConfig.beta must be > 0, got 0"),
+    (dict(clip_text_groups=0), "TrainConfig.clip_text_groups must be >= 1, got 0"),
     (dict(label_smoothing=0.5), r"TrainConfig.label_smoothing must be in \[0, 0.5\), got 0.5"),
     (dict(label_smoothing=0.1, dpo_loss="hinge"), "label_smoothing 0.1 applies to dpo_loss 'sigmoid' only, got dpo_loss 'hinge'"),
     (dict(dpo_logps="avg"), r"TrainConfig.dpo_logps must be one of \('sum', 'mean'\), got 'avg'"),

@@ -67,6 +67,28 @@ def test_open_clip_tower_encodes_a_200_token_prompt(cls):
     torch.testing.assert_close(out[1:], before)
 
 
+def test_a_memo_of_prompt_ids_gives_the_same_ids_and_skips_repeats():
+    prompts = ["a red star", LONG_PROMPT, "a red star", "what colour is the circle ?"]
+    calls = []
+
+    class Counting:  # open_clip's tokenizer, counting what it encodes
+        sot_token_id, eot_token_id = TOKENIZER.sot_token_id, TOKENIZER.eot_token_id
+
+        def encode(self, text):
+            calls.append(text)
+            return TOKENIZER.encode(text)
+
+    memo = {}
+    with pytest.warns(ClipPromptTruncated):
+        first = tokenize_clip_prompts(prompts, Counting(), 77, memo)
+    with pytest.warns(ClipPromptTruncated):  # a memo never hides a truncation
+        second = tokenize_clip_prompts(prompts[::-1], Counting(), 77, memo)
+    with pytest.warns(ClipPromptTruncated):
+        plain = tokenize_clip_prompts(prompts, TOKENIZER, 77)
+    assert torch.equal(first, plain) and torch.equal(second, plain.flip(0))
+    assert sorted(calls) == sorted(set(prompts))  # each distinct prompt encoded once, over both calls
+
+
 def test_open_clip_extension_trains_only_the_new_rows_and_copies():
     model = extend_clip_text_context(tiny_open_clip())
     ids = tokenize_clip_prompts([LONG_PROMPT], TOKENIZER, 248)

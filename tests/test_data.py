@@ -356,6 +356,30 @@ def test_media_cache_gives_the_same_samples_without_reading_again(world, tokeniz
         LLaVADataset(world / "train.json", CONFIG, tokenizer, cache_mb=-1)
 
 
+def test_conversations_are_tokenized_once_per_record_and_field(world, tokenizer):
+    data = LLaVADataset(world / "train.json", CONFIG, tokenizer)
+    calls = []
+    encode = data.processor.encode_training
+    data.processor.encode_training = lambda turns, **kw: calls.append(kw["record_id"]) or encode(turns, **kw)
+    first = [data[i] for i in range(len(data))]
+    again = [data[i] for i in range(len(data))]
+    assert len(calls) == len(data)  # the second epoch tokenized nothing
+    fresh = LLaVADataset(world / "train.json", CONFIG, tokenizer)
+    for a, b, c in zip(first, again, (fresh[i] for i in range(len(fresh)))):
+        assert a.input_ids == b.input_ids == c.input_ids and a.labels == b.labels == c.labels
+    b.input_ids.append(0)  # a caller's change to a sample's ids never reaches the next epoch's
+    assert data[len(data) - 1].input_ids == c.input_ids
+    # A preference pair's two answers are two fields of one record: each keeps its own ids.
+    from ppllava.data.preference import PreferenceDataset
+
+    prefs = PreferenceDataset(world / "train_dpo.jsonl", CONFIG, tokenizer)
+    assert len(prefs) > 0
+    for i in range(len(prefs)):
+        for _ in range(2):
+            pair = prefs[i]
+            assert pair["chosen"].input_ids != pair["rejected"].input_ids
+
+
 def test_dpo_pairs_can_come_from_videos_of_their_own(tmp_path):
     counts = write_world(tmp_path, WorldSpec(), train=6, val=0, test=0, long_per_length=0, progress=False,
                          dpo_videos={"train": 5, "test": 3})

@@ -207,6 +207,29 @@ def test_prompt_encoding_ignores_trailing_padding():
     torch.testing.assert_close(trimmed, full, rtol=1e-5, atol=1e-5)
 
 
+def test_prompts_encoded_in_length_groups_equal_one_batch_with_their_gradients():
+    """groups > 1 sorts the prompts by length and encodes each group only as long as its longest prompt."""
+    model = tiny()
+    model.clip_text.requires_grad_(True)  # as the CLIP stage trains it
+    words = "so tell me what you saw there and then".split()
+    prompts = [" ".join(words[: i % 9]) + f" a red star {i}" for i in range(11)]  # lengths spread, order mixed
+    ids = clip_ids(*prompts)
+    weights = torch.randn(len(prompts), model.text_projection.out_features, generator=torch.Generator().manual_seed(0))
+    outs, grads = [], []
+    for groups in (1, 3, 11, 20):  # more groups than prompts: empty groups never form
+        model.zero_grad()
+        out = model.encode_prompts(ids, groups=groups)
+        (out * weights).sum().backward()
+        outs.append(out.detach())
+        grads.append(model.clip_text.embeddings.token_embedding.weight.grad.clone())
+    for out, grad in zip(outs[1:], grads[1:]):
+        torch.testing.assert_close(out, outs[0], rtol=1e-5, atol=1e-6)
+        assert (grad - grads[0]).abs().max() <= 1e-5 * grads[0].abs().max()  # sums in another order: to rounding
+    for bad in (0, -1, 2.0):
+        with pytest.raises(ValueError, match="groups"):
+            model.encode_prompts(ids, groups=bad)
+
+
 def test_placeholders_expand_to_the_counts_the_forward_checks():
     model = tiny()
     cfg = model.config

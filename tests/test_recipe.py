@@ -145,6 +145,8 @@ def test_two_runs_of_one_config_and_seed_are_bit_identical(smoke_run, tmp_path):
             continue  # logs, checkpoints (their callback state holds times), paths in train_config.yaml
         if rel.name in ("results.json", "results.md", "timing.json") or rel.parts[0].startswith("sft2-"):
             continue  # wall times; variants trained by other tests of this module
+        if rel.parts[:2] == ("world", "features") and not (again / rel).exists():
+            continue  # the feature store holds what the runs read: other tests of this module read more videos
         assert (again / rel).read_bytes() == path.read_bytes(), f"{rel} differs between two runs of one config"
         compared += 1
     assert compared > 100 and all((again / s / "model" / "model.safetensors").exists() for s in ("clip", "sft2", "dpo"))

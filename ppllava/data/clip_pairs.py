@@ -165,6 +165,9 @@ class ClipPairCollator:
         if len(filler) != 2 or not 0 <= filler[0] <= filler[1]:
             raise ValueError(f"filler must be (lo, hi) with 0 <= lo <= hi, got {tuple(filler)}")
         self.tokenizer, self.context = clip_tokenizer, context_length
+        # prompt -> its ids, kept across batches (tokenize_clip_prompts); not with filler, whose prompts of
+        # every length would be kept for few repeats
+        self.clip_ids: Optional[dict] = {} if tuple(filler) == (0, 0) else None
         if not 0 <= partial <= 1:
             raise ValueError(f"partial must be in [0, 1], got {partial}")
         if not 0 <= questions <= 1:
@@ -220,7 +223,8 @@ class ClipPairCollator:
         wanted = [n.key for n in named]
         positives = torch.tensor([[w in k for w in wanted] for k in keys])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
-                "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context),
+                "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context,
+                                                         self.clip_ids),
                 "masks": torch.stack([i["mask"] for i in items]),
                 "object_masks": torch.stack([i["object_mask"] for i in items]), "positives": positives,
                 "names": [i["name"] for i in items]}

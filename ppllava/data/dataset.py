@@ -102,6 +102,10 @@ class LLaVADataset(Dataset):
             raise ValueError(f"cache_mb must be >= 0, got {cache_mb}")
         self.cache: Dict[int, tuple] = {}
         self.cache_room = int(cache_mb * 2**20)
+        # (ids, labels) by (index, record field, media shape): tokenizing a conversation took half of a tiny SFT
+        # step's loading, and a record's text never changes while the dataset holds it. Small (the token ids),
+        # so always on, in whichever process loads.
+        self.encoded: Dict[tuple, Tuple[tuple, tuple]] = {}
         # A VideoFeatureStore (ppllava.data.video_features): videos come as the frozen tower's features,
         # computed once and read from disk, never decoded again.
         self.video_features = video_features
@@ -193,6 +197,10 @@ class LLaVADataset(Dataset):
     def encode(self, index: int, turns: List[dict], kind: str, frames: int, sizes, crops,
                field: str = "conversations") -> Tuple[List[int], List[int]]:
         """(ids, labels) of a conversation by the processor's `encode_training`, its faults placed in the file."""
+        key = (index, field, kind, frames, tuple(tuple(int(v) for v in hw) for hw in sizes), tuple(crops or ()))
+        known = self.encoded.get(key)
+        if known is not None:
+            return list(known[0]), list(known[1])
         rid = str(self.records[index].get("id", index))
         try:
             ids, labels = self.processor.encode_training(
@@ -205,6 +213,7 @@ class LLaVADataset(Dataset):
         if len(ids) > self.max_length:
             raise self.error(index, f"{len(ids)} tokens (visual tokens included), past max_length "
                                     f"{self.max_length}", "too_long", field)
+        self.encoded[key] = (tuple(ids), tuple(labels))
         return ids, labels
 
     def __getitem__(self, index: int):
@@ -235,6 +244,7 @@ class Collator:
         pad_ids([[0]], 0, padding_side)  # names a bad padding_side now, not at the first batch
         self.config, self.pad, self.clip_tokenizer, self.side = config, pad_token_id, clip_tokenizer, padding_side
         self.oracle = oracle  # add video_relevance from the records' boxes (ppllava.data.oracle)
+        self.clip_ids: Dict[str, tuple] = {}  # CLIP prompt -> its ids, kept across batches (tokenize_clip_prompts)
 
     def __call__(self, items: Sequence) -> Dict[str, object]:
         skips = [item for item in items if isinstance(item, dict)]  # counted skips (skip_bad)
@@ -245,7 +255,7 @@ class Collator:
             return batch
         batch.update(pad_ids([s.input_ids for s in samples], self.pad, self.side, [s.labels for s in samples]),
                      clip_input_ids=tokenize_clip_prompts([s.clip_text for s in samples], self.clip_tokenizer,
-                                                          self.config.text_context_length),
+                                                          self.config.text_context_length, self.clip_ids),
                      repeated_frames=sum(s.repeated_frames for s in samples))
         videos = [v for s in samples for v in s.videos()]
         features = [s.features for s in samples if s.features is not None]

@@ -130,8 +130,13 @@ class PPLLaVA(nn.Module):
         return load_pretrained(directory, **kwargs)
 
     # --- CLIP alignment ------------------------------------------------------------------------
-    def encode_prompts(self, clip_input_ids: torch.Tensor) -> torch.Tensor:
-        """The prompts' CLIP text embeddings `c`, (B, L) -> (B, Dc)."""
+    def encode_prompts(self, clip_input_ids: torch.Tensor, groups: int = 1) -> torch.Tensor:
+        """The prompts' CLIP text embeddings `c`, (B, L) -> (B, Dc).
+
+        groups > 1: the prompts are sorted by length and encoded in that many batches, each only as long
+        as its longest prompt (the same embeddings to float rounding: each prompt is encoded on its own
+        positions either way). With lengths spread over the context, as the CLIP stage's dialogue filler
+        makes them, most of one batch's positions were padding."""
         context = self.clip_text.embeddings.position_embedding.weight.shape[0]
         if clip_input_ids.shape[1] > context:
             raise ValueError(f"clip_input_ids has {clip_input_ids.shape[1]} positions but the CLIP text context "
@@ -140,10 +145,18 @@ class PPLLaVA(nn.Module):
         empty = (~words.any(1)).nonzero().flatten().tolist()
         if empty:
             raise ValueError(f"the CLIP prompt of sample(s) {empty} is empty: prompt-guided pooling needs a question")
+        if isinstance(groups, bool) or not (isinstance(groups, int) and groups >= 1):
+            raise ValueError(f"encode_prompts needs groups >= 1 (batches of prompts by length), got {groups!r}")
         # Attention is causal and the pooled output sits at EOS, so trailing padding changes nothing:
         # encode only up to the longest prompt instead of the whole 248-position context.
-        length = int(((clip_input_ids != 0).long().cumsum(1) * (clip_input_ids != 0)).argmax(1).max()) + 1
-        return self.text_projection(self.clip_text(input_ids=clip_input_ids[:, :length]).pooler_output)
+        ends = ((clip_input_ids != 0).long().cumsum(1) * (clip_input_ids != 0)).argmax(1) + 1  # (B,)
+        if groups == 1:
+            length = int(ends.max())
+            return self.text_projection(self.clip_text(input_ids=clip_input_ids[:, :length]).pooler_output)
+        order = ends.argsort()
+        parts = [self.clip_text(input_ids=clip_input_ids[rows, : int(ends[rows].max())]).pooler_output
+                 for rows in order.chunk(groups)]
+        return self.text_projection(torch.cat(parts)[order.argsort()])  # back in the batch's order
 
     def _patch_features(self, pixels: torch.Tensor, attention: bool = False):
         """Penultimate-layer patch tokens, CLS dropped: (n, 3, S, S) -> (n, g*g, Dv); read from

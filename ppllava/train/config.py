@@ -63,6 +63,9 @@ class TrainConfig:
     clip_partial: float = 0.0  # clip: share of prompts naming only the shape or only the colour, as questions do
     clip_questions: float = 0.0  # clip: share of prompts that are the record's own question (the SFT-time CLIP prompt)
     clip_positions: float = 0.0  # clip: share of full-name prompts that say where the object is ("at the top left")
+    # clip: the text tower encodes each batch's prompts in this many groups by length (PPLLaVA.encode_prompts):
+    # with a filler that spreads lengths over the context, 1 group spends most of its positions on padding
+    clip_text_groups: int = 1
     lora_rank: int = 0  # stage 2 / DPO: 0 trains the LLM itself, > 0 trains LoRA adapters (peft)
     dpo_loss: str = "sigmoid"  # sigmoid | hinge | ipo
     beta: float = 0.1
@@ -114,6 +117,8 @@ class TrainConfig:
         for name in ("clip_questions", "clip_partial", "clip_positions"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.clip_text_groups < 1:
+            raise ValueError(f"TrainConfig.clip_text_groups must be >= 1, got {self.clip_text_groups}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:
             raise ValueError(f"TrainConfig.clip_filler must be [lo, hi] with 0 <= lo <= hi, got {self.clip_filler}")
         if isinstance(self.limit_val_batches, float) and not 0 <= self.limit_val_batches <= 1 or self.limit_val_batches < 0:

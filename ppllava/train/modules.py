@@ -116,7 +116,7 @@ class ClipPretrainModule(_Stage):
 
     def _logits(self, batch) -> torch.Tensor:
         m = self.model
-        text = m.encode_prompts(batch["clip_input_ids"])
+        text = m.encode_prompts(batch["clip_input_ids"], groups=self.train_config.clip_text_groups)
         if self.train_config.clip_loss == "global":
             image = m.visual_projection(m.vision_tower(pixel_values=batch["pixel_values"]).pooler_output)
             return global_logits(image, text, m.logit_scale)

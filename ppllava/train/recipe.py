@@ -54,6 +54,8 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
     "dominant": {"pooling": "dominant"},  # VisionZip: 14 tokens kept by [CLS] attention + 2 contextual averages
 }
 VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
+VARIANT_CACHE_MB = 1024  # TrainConfig.vision_cache_mb of the pooling rows: every image and crop of the tiny world fits
+STORE_REFUSES = ("dominant",)  # pooling rows whose videos the feature store cannot serve (VideoFeatureStore)
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 # DPO's pairs come from videos of their own, none in an SFT split: on the SFT videos, which it has
 # memorised, the model's answers are nearly all right and its mistakes are not the ones it makes on
@@ -194,9 +196,14 @@ class Recipe:
                 raise ValueError(f"margin is the 'invariant' weighting of prompt pooling; pooling variant {mode!r} has "
                                  "no window weights")
             overrides, name = {**overrides, "weighting": "invariant", "pool_margin": float(margin)}, f"{name}-inv{margin:g}"
+        # The tower is frozen here: its features are read, not recomputed (the same weights come out; neither
+        # field is a training field, so rows trained before keep their place). Videos from the world's feature
+        # store, shared by every row; images from memory after their first sight. 'dominant' reads the tower's
+        # [CLS] attention, which the store does not keep: its videos go through the in-memory cache too.
+        frozen = dict(video_feature_store=mode not in STORE_REFUSES, vision_cache_mb=VARIANT_CACHE_MB)
         return self.variant(name, "sft2", model=overrides, init_from=str(self.model_dir(start)),
                             max_steps=3 if self.smoke else VARIANT_STEPS,
-                            relevance="oracle" if mode == "oracle" else "model")
+                            relevance="oracle" if mode == "oracle" else "model", **frozen)
 
     def _train_once(self, name: str, cfg: TrainConfig) -> Path:
         path = self.out / name / "model"

@@ -197,7 +197,7 @@ class LLaVADataset(Dataset):
     def encode(self, index: int, turns: List[dict], kind: str, frames: int, sizes, crops,
                field: str = "conversations") -> Tuple[List[int], List[int]]:
         """(ids, labels) of a conversation by the processor's `encode_training`, its faults placed in the file."""
-        key = (index, field, kind, frames, tuple(tuple(int(v) for v in hw) for hw in sizes), tuple(crops or ()))
+        key = (index, field, frames, tuple(tuple(int(v) for v in hw) for hw in sizes), tuple(crops or ()))
         known = self.encoded.get(key)
         if known is not None:
             return list(known[0]), list(known[1])

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Tuple, Union
+from typing import Optional, Tuple, Union
 
 import torch
 import xxhash
@@ -50,15 +50,23 @@ class VideoFeatureStore:
     and writing them first when they are missing. Files are written whole or not at all (a temporary file
     renamed), so runs two at a time (`Recipe.at_once`) may share a store."""
 
-    def __init__(self, root: Union[str, Path], model):
+    @staticmethod
+    def refusal(pooling: str) -> Optional[str]:
+        """Why a store cannot serve a model pooling by `pooling`, or None when it can."""
         from ppllava.model.compress_tokens import TOWER_ATTENTION_MODES
 
-        if model.config.pooling in TOWER_ATTENTION_MODES:
-            raise ValueError(f"pooling {model.config.pooling!r} reads the vision tower's [CLS] attention and keys, "
-                             "which a VideoFeatureStore does not hold")
-        if model.config.pooling == "random":  # validation draws by each video's pixels (PPLLaVA._generators)
-            raise ValueError("pooling 'random' draws by each video's pixels at validation: a VideoFeatureStore, which "
-                             "serves features in their place, cannot serve it")
+        if pooling in TOWER_ATTENTION_MODES:
+            return (f"pooling {pooling!r} reads the vision tower's [CLS] attention and keys, which a VideoFeatureStore "
+                    "does not hold")
+        if pooling == "random":  # validation draws by each video's pixels (PPLLaVA._generators)
+            return ("pooling 'random' draws by each video's pixels at validation: a VideoFeatureStore, which serves "
+                    "features in their place, cannot serve it")
+        return None
+
+    def __init__(self, root: Union[str, Path], model):
+        refused = self.refusal(model.config.pooling)
+        if refused is not None:
+            raise ValueError(refused)
         if any(p.requires_grad for p in model.vision_tower.parameters()):
             raise ValueError("a VideoFeatureStore serves a frozen vision tower's features, but this tower is trainable: "
                              "they would be stale after the first step")

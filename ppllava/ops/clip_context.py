@@ -215,18 +215,18 @@ def tokenize_clip_prompts(texts: Sequence[str], tokenizer, context_length: int,
     """
     if isinstance(texts, str):
         texts = [texts]
-    memo = {} if memo is None else memo
-    new = list(dict.fromkeys(t for t in texts if t not in memo))
-    if new and hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
-        memo.update((t, (tokenizer.sot_token_id, *tokenizer.encode(t), tokenizer.eot_token_id)) for t in new)
-    elif new:  # Hugging Face tokenizer: adds its own bos/eos
-        memo.update(zip(new, (tuple(ids) for ids in tokenizer(new)["input_ids"])))
-    rows = [list(memo[t]) for t in texts]
-    if hasattr(tokenizer, "sot_token_id"):
+    if hasattr(tokenizer, "sot_token_id"):  # open_clip SimpleTokenizer
         eot, pad = tokenizer.eot_token_id, 0
-    else:
+        encode = lambda batch: [(tokenizer.sot_token_id, *tokenizer.encode(t), eot) for t in batch]  # noqa: E731
+    else:  # Hugging Face tokenizer: adds its own bos/eos
         eot = tokenizer.eos_token_id
         pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eot
+        encode = lambda batch: [tuple(ids) for ids in tokenizer(batch)["input_ids"]]  # noqa: E731
+    memo = {} if memo is None else memo
+    new = list(dict.fromkeys(t for t in texts if t not in memo))
+    if new:
+        memo.update(zip(new, encode(new)))
+    rows = [list(memo[t]) for t in texts]
     out = torch.full((len(rows), context_length), pad, dtype=torch.long)
     for i, ids in enumerate(rows):
         if len(ids) > context_length:

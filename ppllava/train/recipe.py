@@ -20,10 +20,12 @@ from typing import Dict, Iterator, Optional
 
 from torch.utils.data import DataLoader
 
+from ppllava.config import PPLLaVAConfig
 from ppllava.data.clip_pairs import ClipPairCollator, ClipPairDataset
 from ppllava.data.dataset import LLaVADataset
 from ppllava.data.preference import PreferenceDataset
 from ppllava.data.tokenizer import build_world_tokenizer
+from ppllava.data.video_features import VideoFeatureStore
 from ppllava.data.world import LAYOUTS, WorldSpec, WorldWriter, write_world
 from ppllava.evaluate import (accuracy_by_task, counts_by_task, generate_answers, pointing, pointing_by_rule,
                               preference_scores, wilson_interval)
@@ -55,7 +57,6 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
 }
 VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
 VARIANT_CACHE_MB = 1024  # TrainConfig.vision_cache_mb of the pooling rows: every image and crop of the tiny world fits
-STORE_REFUSES = ("dominant",)  # pooling rows whose videos the feature store cannot serve (VideoFeatureStore)
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
 # DPO's pairs come from videos of their own, none in an SFT split: on the SFT videos, which it has
 # memorised, the model's answers are nearly all right and its mistakes are not the ones it makes on
@@ -199,8 +200,10 @@ class Recipe:
         # The tower is frozen here: its features are read, not recomputed (the same weights come out; neither
         # field is a training field, so rows trained before keep their place). Videos from the world's feature
         # store, shared by every row; images from memory after their first sight. 'dominant' reads the tower's
-        # [CLS] attention, which the store does not keep: its videos go through the in-memory cache too.
-        frozen = dict(video_feature_store=mode not in STORE_REFUSES, vision_cache_mb=VARIANT_CACHE_MB)
+        # [CLS] attention, which the store does not keep (VideoFeatureStore.refusal): its videos go through the
+        # in-memory cache too.
+        store = VideoFeatureStore.refusal(overrides.get("pooling", PPLLaVAConfig.pooling)) is None
+        frozen = dict(video_feature_store=store, vision_cache_mb=VARIANT_CACHE_MB)
         return self.variant(name, "sft2", model=overrides, init_from=str(self.model_dir(start)),
                             max_steps=3 if self.smoke else VARIANT_STEPS,
                             relevance="oracle" if mode == "oracle" else "model", **frozen)

@@ -140,3 +140,44 @@ def test_bad_uses_are_refused_by_name(world, tmp_path):
     with pytest.raises(ValueError, match=r"g\*g = 16 patches a frame"):
         model(torch.tensor([[model.config.video_token_id] * 4]), video_features=torch.zeros(1, 20, 64),
               clip_input_ids=torch.ones(1, 3, dtype=torch.long))
+
+
+@pytest.mark.parametrize("overrides", [{}, {"pooling": "adaptive", "video_output_size": [4, 2, 2]}, {"pooling": "none"},
+                                       {"pool_position": "before_projector"}])
+def test_repeated_frames_projected_once_give_the_plain_tokens_and_gradients(world, overrides, monkeypatch):
+    """The needle videos hold still for runs of frames: `distinct_frames` finds the runs, the projector and
+    CLIP's projection run once per distinct frame, and the tokens equal the plain formulation's (every
+    frame projected) bit for bit; the projector's gradients equal them to float rounding."""
+    from ppllava.model import ppllava as core
+
+    model = frozen(**overrides).train()
+    batch = model_inputs(batch_of(world, model))
+    features = model.video_features(batch.pop("pixel_values_videos")).detach()
+    g = model.patch_grid
+    distinct, inverse = core.distinct_frames(features, g * g)
+    assert distinct.shape[0] < features.shape[0] * 16  # fewer than the 4 x 16 frames: the needle world's still scenes
+    assert torch.equal(distinct[inverse].reshape(features.shape), features)
+
+    def tokens_and_grads():
+        model.zero_grad()
+        out = model(**batch, video_features=features)
+        out.loss.backward()
+        return out.logits.detach(), [p.grad.clone() for p in model.projector.parameters()]
+
+    fast = tokens_and_grads()
+    monkeypatch.setattr(core, "distinct_frames", lambda patches, cells: None)
+    plain = tokens_and_grads()
+    assert torch.equal(fast[0], plain[0])
+    for a, b in zip(fast[1], plain[1]):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_distinct_frames_keep_every_run_and_step_aside_for_gradients():
+    from ppllava.model.ppllava import distinct_frames
+
+    a, b = torch.randn(4, 3), torch.randn(4, 3)  # two frames of 4 patches, width 3
+    video = torch.stack([a, a, b, b, b, a]).reshape(1, 6 * 4, 3)  # runs a a | b b b | a: three distinct
+    distinct, inverse = distinct_frames(video, 4)
+    assert distinct.shape == (3, 4, 3) and inverse.tolist() == [0, 0, 1, 1, 1, 2]
+    assert distinct_frames(torch.randn(2, 6 * 4, 3), 4) is None  # nothing repeats: the plain path
+    assert distinct_frames(video.clone().requires_grad_(True), 4) is None  # a trainable tower's features

@@ -50,6 +50,23 @@ class Projector(nn.Module):
         return self.linear_2(self.act(self.linear_1(x)))
 
 
+def distinct_frames(patches: torch.Tensor, cells: int) -> Optional[Tuple[torch.Tensor, torch.Tensor]]:
+    """(n, T*g*g, Dv) patch tokens of frozen features -> (distinct (U, g*g, Dv), inverse (n*T,)), with
+    `distinct[inverse]` every frame again: each run of equal consecutive frames kept once. A still scene
+    repeats its frame (a 256-frame needle video holds 4 % distinct frames), and what runs on each patch
+    token alone (the projector, CLIP's projection) then runs once per distinct frame: the same values,
+    the projector's weight gradient summed in another order. None when nothing repeats, or when the
+    features carry gradients (a trainable tower: equal features need not be equal pixels)."""
+    if patches.requires_grad:
+        return None
+    frames = patches.reshape(-1, cells, patches.shape[-1])
+    repeats = (frames[1:] == frames[:-1]).flatten(1).all(1)
+    if not bool(repeats.any()):
+        return None
+    starts = torch.cat([repeats.new_ones(1), ~repeats])
+    return frames[starts], starts.cumsum(0) - 1
+
+
 class PPLLaVA(nn.Module):
     PARTS = ("vision_tower", "visual_layernorm", "visual_projection", "clip_text", "text_projection", "logit_scale",
              "projector", "image_newline", "language_model")
@@ -302,11 +319,17 @@ class PPLLaVA(nn.Module):
                                   weighting=cfg.weighting, margin=cfg.pool_margin, check_finite=cfg.check_finite,
                                   **self.layout.video_pool_geometry())[0]
 
-    def _tokens(self, patches: torch.Tensor, grid, guide: Guide, media: str) -> torch.Tensor:
-        """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector."""
+    def _tokens(self, patches: torch.Tensor, grid, guide: Guide, media: str,
+                frames: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
+        """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector.
+        `frames`: `distinct_frames(patches, g*g)`, so that the projector runs once per distinct frame."""
         if self.config.pool_position == "before_projector":
             return self.projector(self._pool(patches, grid, guide, media))
-        return self._pool(self.projector(patches), grid, guide, media)
+        if frames is None:
+            return self._pool(self.projector(patches), grid, guide, media)
+        distinct, inverse = frames
+        projected = self.projector(distinct)[inverse].reshape(*patches.shape[:2], -1)
+        return self._pool(projected, grid, guide, media)
 
     def _generators(self, pixels: Optional[torch.Tensor]) -> Optional[List[torch.Generator]]:
         """'random' in eval: one generator per sample of `pixels`, seeded by `random_seed` and its pixels
@@ -360,11 +383,13 @@ class PPLLaVA(nn.Module):
                                             for t in (patches, cls_attention, keys))
         else:
             patches = self._video_patches(pixel_values_videos, video_features)
+        frames = distinct_frames(patches, g * g)
         if mode in PROMPT_MODES and relevance is None:
-            relevance = prompt_relevance(self._patch_embeds(patches).view(n, T, g, g, -1), prompt_embeds,
-                                         self.logit_scale, check_finite=self.config.check_finite)[1]
+            embeds = self._patch_embeds(patches) if frames is None else self._patch_embeds(frames[0])[frames[1]]
+            relevance = prompt_relevance(embeds.view(n, T, g, g, -1), prompt_embeds, self.logit_scale,
+                                         check_finite=self.config.check_finite)[1]
         guide = Guide(relevance, patches, cls_attention, keys, self._generators(pixel_values_videos))
-        return self._tokens(patches, (T, g, g), guide, "video")
+        return self._tokens(patches, (T, g, g), guide, "video", frames)
 
     def image_tokens(self, pixel_values: torch.Tensor, image_sizes, image_crops: Sequence[int],
                      prompt_embeds: Optional[torch.Tensor] = None) -> List[torch.Tensor]:

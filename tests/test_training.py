@@ -203,3 +203,22 @@ def test_a_corrected_answer_strikes_out_only_the_false_clauses():
     assert corrected_answer("a red circle moves right", truth, "caption") is None  # nothing true is left
     assert corrected_answer("a blue star stays still", truth, "caption") is None  # an omission: nothing to strike
     assert corrected_answer("blue", "red", "colour") is None  # one statement: the truth is chosen instead
+
+
+def test_model_answers_are_generated_once_per_model_and_file(world, tmp_path, monkeypatch):
+    """The DPO stage and its controls start from one model on one pairs file: its answers are kept under
+    the world, keyed by the weights, the file and the batch size, and read back by the next run; another
+    model is another key."""
+    from ppllava.data.tokenizer import build_world_tokenizer
+    from ppllava.train import on_policy
+
+    torch.manual_seed(0)
+    model, tokenizer = PPLLaVA(PPLLaVAConfig.from_name("tiny")), build_world_tokenizer()
+    first = on_policy.model_answers(model, world / "train_dpo.jsonl", tokenizer, cache=tmp_path / "answers")
+    assert len(list((tmp_path / "answers").glob("*.json"))) == 1
+    monkeypatch.setattr(on_policy, "generate_answers", lambda *a, **k: pytest.fail("generated again"))
+    assert on_policy.model_answers(model, world / "train_dpo.jsonl", tokenizer, cache=tmp_path / "answers") == first
+    with torch.no_grad():
+        model.projector.linear_1.weight.add_(1.0)  # another model: its own answers
+    with pytest.raises(pytest.fail.Exception, match="generated again"):
+        on_policy.model_answers(model, world / "train_dpo.jsonl", tokenizer, cache=tmp_path / "answers")

@@ -119,8 +119,10 @@ def run(cfg: TrainConfig, resume: bool = False, callbacks: Optional[List[L.Callb
         # The starting model's own mistakes, before any DPO step; a resumed run keeps the first start's pairs.
         train_pairs = run_dir / "train_dpo_on_policy.jsonl"
         if not train_pairs.exists():
+            # The answers are kept under the world (<data>/answers, keyed by the model and the file): the
+            # recipe's DPO and its controls start from one model and generate once.
             counts = on_policy_pairs(model, Path(cfg.data) / "train_dpo.jsonl", build_world_tokenizer(), train_pairs,
-                                     correct=cfg.dpo_pairs == "on_policy_corrected")
+                                     correct=cfg.dpo_pairs == "on_policy_corrected", cache=Path(cfg.data) / "answers")
             (run_dir / "on_policy_counts.json").write_text(json.dumps(counts, indent=2))
     module = MODULES[cfg.stage](model, cfg)
     data = build_data(cfg, model, train_pairs)

@@ -45,7 +45,7 @@ def check_03_pooling_ablations(m):
     tokens = {mode: r["tokens"] for mode, r in m["headline"].items()}
     assert tokens == {"prompt": 16, "none": 128, "temporal_mean": 16, "spatial": 32, "adaptive": 16,
                       "prompt (oracle relevance)": 16}
-    assert {mode: r["tokens"] for mode, r in m["from_stage2"].items()} == tokens
+    assert {mode: r["tokens"] for mode, r in m["from_stage2"].items()} == {"prompt": 16, "temporal_mean": 16, "adaptive": 16}
     budget = [r["tokens"] for k, r in m["ablations_inference_time"].items() if k.startswith("budget")]
     assert budget == [4, 8, 16, 32, 64]
     for r in [*m["headline"].values(), *m["from_stage2"].values(), *m["ablations_inference_time"].values()]:

@@ -5,6 +5,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from ppllava.progress import PROGRESS_ENV, status_line
 from ppllava.train.at_once import JOB_CONFIG, Job, train_jobs
@@ -137,3 +138,26 @@ def test_a_block_that_raises_trains_nothing_and_blocks_do_not_nest(smoke_recipe)
     with pytest.raises(ValueError, match="jobs >= 1"):
         with recipe.at_once(jobs=0):
             pass
+
+
+def test_a_forked_job_trains_the_weights_of_python_m_ppllava_train(smoke_recipe, tmp_path):
+    """A job forked from the trainer server (the default) ends on the same weights, bit for bit, as the
+    same config run by `python -m ppllava.train` with the same thread count (`train_command`), and a
+    failed forked job is named with its log."""
+    from safetensors.torch import load_file
+
+    from ppllava.train.at_once import train_command
+
+    base = smoke_recipe.config("sft2")
+    jobs = {how: Job(how, TrainConfig(**{**base.__dict__, "run_dir": str(tmp_path / how),
+                                         "init_from": str(smoke_recipe.model_dir("sft1")), "max_steps": 3}))
+            for how in ("forked", "command")}
+    train_jobs([jobs["forked"]], at_once=1, threads=1)
+    train_jobs([jobs["command"]], at_once=1, threads=1, command=train_command)
+    forked, command = (load_file(tmp_path / how / "model" / "model.safetensors") for how in ("forked", "command"))
+    assert forked.keys() == command.keys() and all(torch.equal(forked[k], command[k]) for k in forked)
+    assert "Seed set to 0" in (tmp_path / "forked" / "train.log").read_text()  # its output, in its log
+    broken = Job("broken", TrainConfig(**{**base.__dict__, "run_dir": str(tmp_path / "broken"),
+                                          "init_from": str(tmp_path / "nowhere"), "max_steps": 3}))
+    with pytest.raises(RuntimeError, match=r"broken \(exit code [12]; its log: .*train.log\)"):
+        train_jobs([broken], at_once=1, threads=1)

@@ -22,7 +22,7 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Optional, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 import torch
 import xxhash
@@ -32,15 +32,21 @@ from ppllava.model.feature_cache import FrozenFeatureCache
 STORE_VERSION = 1  # bump when what a file holds changes
 
 
+def update_with_state(digest, state: Dict[str, torch.Tensor]) -> None:
+    """Feed a state dict's names and the exact bytes of its tensors, in name order, to a hashlib or xxhash
+    digest: equal weights, equal digest; any changed bit, another."""
+    for name, tensor in sorted(state.items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())  # 0-d ones too
+
+
 def tower_digest(model) -> str:
     """A digest of the vision tower's weights and config and the feature layer the kit reads."""
     digest = hashlib.sha256()
     digest.update(json.dumps({"version": STORE_VERSION, "vision_config": model.vision_config.to_dict(),
                               "feature_layer": model.config.vision_feature_layer,
                               "image_size": model.config.image_size}, sort_keys=True, default=str).encode())
-    for name, tensor in sorted(model.vision_tower.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy())  # the exact bytes
+    update_with_state(digest, model.vision_tower.state_dict())
     return digest.hexdigest()[:20]
 
 

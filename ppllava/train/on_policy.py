@@ -19,11 +19,11 @@ import os
 from pathlib import Path
 from typing import Dict, Optional, Union
 
-import torch
 import xxhash
 
 from ppllava.data.dataset import read_records
 from ppllava.data.preference import PreferenceDataset
+from ppllava.data.video_features import update_with_state
 from ppllava.evaluate import answer_correct, caption_clauses, caption_parts, generate_answers, hallucinates
 
 
@@ -43,9 +43,7 @@ def answers_digest(model, pairs: Path, batch_size: int) -> str:
     digest = xxhash.xxh3_128()
     digest.update(json.dumps({"config": model.config.to_dict(), "batch_size": batch_size}, sort_keys=True,
                              default=str).encode())
-    for name, tensor in sorted(model.state_dict().items()):
-        digest.update(name.encode())
-        digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy())
+    update_with_state(digest, model.state_dict())
     digest.update(pairs.read_bytes())
     return digest.hexdigest()[:20]
 

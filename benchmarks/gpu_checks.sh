@@ -6,6 +6,10 @@
 # recipe trained from scratch on the GPU for whatever is left of SECONDS (default 3600), so that its
 # stage times can be compared with a CPU's. Each step's output goes to OUTDIR/log.txt; a failing
 # step is reported and the next one runs.
+# On a machine whose Python lacks the kit's own dependencies (the lent H200's image has torch, lightning
+# and transformers 5.17, but not decord, av, open_clip_torch or transformers >= 5.24), install their wheels
+# first, e.g. transformers==5.24.0 open_clip_torch==3.3.0 ftfy wcwidth av decord, into a --target folder
+# on PYTHONPATH: without decord the training-stage test fails on its import, without 5.24 FastV's.
 set -u
 out=${1:?usage: gpu_checks.sh OUTDIR [SECONDS]}
 budget=${2:-3600}

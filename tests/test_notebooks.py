@@ -107,6 +107,18 @@ def check_07_long_video(m):
                 assert t["n"] == m["time_test_videos"] // 2 and t["accuracy"] == t["hits"] / t["n"]
                 assert t["interval"][0] <= t["accuracy"] <= t["interval"][1]
     assert 0 <= m["relevance_on_needle_frames"] <= 1 + 1e-5
+    # The compression zoo at the needle: training-free on 03's `none` model (fastv too, while the smoke run's 16 x 16
+    # tokens fit the LLM's positions), trained where the rows above are; 16 tokens each, on the same test videos.
+    zoo = m["needle_zoo"]
+    assert zoo["frames"] in m["lengths"] and zoo["tokens"] == 16
+    assert [(r["method"], r["training"]) for r in zoo["rows"]] == [
+        *((k, "training-free") for k in ("topk", "random", "merge", "dominant", "fastv")),
+        *((k, "trained") for k in ("topk", "merge", "dominant"))]
+    for r in zoo["rows"]:
+        assert r["tokens_kept"] == 16 and r["tokens"] == (16 * zoo["frames"] if r["method"] == "fastv" else 16)
+        assert r["model"] == ("sft1-none" if r["training"] == "training-free" else f"needle{zoo['frames']}-{r['method']}")
+        assert r["n"] == m["test_videos"] and r["accuracy"] == r["hits"] / r["n"] and r["answers_per_s"] > 0
+        assert r["interval"][0] <= r["accuracy"] <= r["interval"][1] and sum(d["hits"] for d in r["by_depth"]) == r["hits"]
     for length in m["lengths"]:
         focus = m["window_focus"][str(length)]
         assert {"mean", "softmax 0.01", "normalized (paper)"} <= set(focus)

@@ -47,6 +47,7 @@ README_FIGURES = {
     "pooling_modes.png": "03_pooling_ablations/modes.png",
     "needle_curve.png": "07_long_video/needle_curve.png",
     "zoo.png": "03_pooling_ablations/zoo.png",  # docs/results.md's compression zoo
+    "needle_zoo.png": "07_long_video/needle_zoo.png",  # docs/results.md's zoo at the needle
 }
 README_FIGURE_WIDTH = 900  # px: small enough to commit, wide enough to read on GitHub
 

@@ -319,13 +319,13 @@ def fake_run(run_dir, sizes):
 
 
 def test_readme_figures_are_copied_downscaled_to_900_px(tmp_path):
-    shapes = [(1800, 600), (600, 400), (2000, 1001), (1300, 420)]
+    shapes = [(1800, 600), (600, 400), (2000, 1001), (1300, 420), (768, 500)]
     assert len(shapes) == len(README_FIGURES)  # one shape for every figure, or fake_run leaves some out
     statuses = fake_run(tmp_path / "run", shapes)
     copied = copy_readme_figures(tmp_path / "run", statuses, dest=tmp_path / "figures")
     assert [p.name for p in copied] == list(README_FIGURES)
     sizes = [Image.open(p).size for p in copied]
-    assert sizes == [(900, 300), (600, 400), (900, 450), (900, 291)]  # aspect kept; a narrow one is not enlarged
+    assert sizes == [(900, 300), (600, 400), (900, 450), (900, 291), (768, 500)]  # aspect kept; a narrow one is not enlarged
 
 
 def test_readme_figures_refuse_a_missing_figure_or_a_failed_notebook_and_copy_nothing(tmp_path):

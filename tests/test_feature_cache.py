@@ -7,7 +7,11 @@ import torch
 from safetensors.torch import load_file
 
 from ppllava.config import PPLLaVAConfig
+from ppllava.data.dataset import LLaVADataset
+from ppllava.data.tokenizer import build_world_tokenizer
+from ppllava.data.video_features import tower_digest
 from ppllava.data.world import WorldSpec, write_world
+from ppllava.evaluate import generate_answers
 from ppllava.model import PPLLaVA
 from ppllava.model.feature_cache import FrozenFeatureCache
 from ppllava.train.config import TrainConfig
@@ -84,3 +88,22 @@ def test_sft_and_dpo_end_on_the_same_weights_with_the_cache(world, tmp_path, cap
     # SFT's second epoch reads every training frame from memory; DPO computes each video's frames once for
     # the policy's chosen and rejected answers and the reference's two passes.
     assert sft_read >= sft_computed > 0 and dpo_read >= 3 * dpo_computed > 0
+
+
+def test_models_of_one_tower_share_a_cache_when_scored_and_answer_as_without_it(world):
+    """Notebook 07 scores every row through one cache per tower: the second model reads the first's features
+    and each model's answers are those it gives without a cache."""
+    first = frozen_model()
+    torch.manual_seed(1)
+    second = PPLLaVA(PPLLaVAConfig.from_name("tiny")).requires_grad_(False).eval()  # another projector and LLM
+    second.vision_tower.load_state_dict(first.vision_tower.state_dict())
+    assert tower_digest(first) == tower_digest(second)
+    data = LLaVADataset(world / "val.json", first.config, build_world_tokenizer())
+    plain = [generate_answers(model, data, max_new_tokens=4) for model in (first, second)]
+    shared = FrozenFeatureCache(max_mb=64)
+    first.feature_cache = second.feature_cache = shared
+    cached = [generate_answers(first, data, max_new_tokens=4)]
+    computed = shared.misses
+    cached.append(generate_answers(second, data, max_new_tokens=4))
+    assert cached == plain and computed > 0 and shared.misses == computed  # the second model ran no frame
+    assert plain[0] != plain[1]  # two models, not one twice

@@ -45,7 +45,7 @@ FIGURES = ROOT / "docs" / "figures"
 README_FIGURES = {
     "relevance_maps.png": "02_alignment/relevance_maps.png",
     "pooling_modes.png": "03_pooling_ablations/modes.png",
-    "needle_curve.png": "07_long_video/needle_curve.png",
+    "needle_heatmap.png": "07_long_video/needle_heatmap.png",  # docs/results.md's needle, 16-256 frames
     "zoo.png": "03_pooling_ablations/zoo.png",  # docs/results.md's compression zoo
     "needle_zoo.png": "07_long_video/needle_zoo.png",  # docs/results.md's zoo at the needle
 }

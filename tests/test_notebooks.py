@@ -337,7 +337,7 @@ def test_readme_figures_refuse_a_missing_figure_or_a_failed_notebook_and_copy_no
     assert not dest.exists()
 
     fake_run(run_dir, [(100, 50)] * len(README_FIGURES))
-    with pytest.raises(ValueError, match=r"07_long_video failed, so 07_long_video/needle_curve.png is not a result"):
+    with pytest.raises(ValueError, match=r"07_long_video failed, so 07_long_video/needle_heatmap.png is not a result"):
         copy_readme_figures(run_dir, {**statuses, "07_long_video": "failed"}, dest=dest)
     with pytest.raises(ValueError, match=r"02_alignment did not run"):
         copy_readme_figures(run_dir, {k: v for k, v in statuses.items() if k != "02_alignment"}, dest=dest)

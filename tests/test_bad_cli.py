@@ -289,7 +289,7 @@ def test_notebook_cli_refuses_before_it_writes(capsys, tmp_path):
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without a GPU")
-@pytest.mark.parametrize("script", ["throughput_bench.py", "long_video_bench.py"])
+@pytest.mark.parametrize("script", ["throughput_bench.py", "long_video_bench.py", "guidance_bench.py"])
 def test_paper_benchmarks_refuse_a_cpu_before_building_a_7b_model(script):
     done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), "--paper", "--device", "cpu"],
                           capture_output=True, text=True, timeout=120)

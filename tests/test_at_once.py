@@ -10,7 +10,7 @@ import torch
 from ppllava.progress import PROGRESS_ENV, status_line
 from ppllava.train.at_once import JOB_CONFIG, Job, train_jobs
 from ppllava.train.config import TrainConfig
-from ppllava.train.recipe import Recipe
+from ppllava.train.recipe import AT_ONCE_PREFIX, Recipe
 
 # A stand-in for `python -m ppllava.train`: logs its start and end (wall clock) and its thread count,
 # sleeps, then writes the model directory's marker, or fails when its name says so.
@@ -116,6 +116,11 @@ def test_recipe_trains_a_blocks_variants_at_once(smoke_recipe, tmp_path, monkeyp
         assert recipe.model(path.parent.name).config.pooling == mode
         assert (path.parent / "train.log").exists() and (path.parent / "train_config.yaml").exists()
     assert {"sft1-adaptive", "sft1-temporal_mean"} <= set(recipe.seconds)
+    # The two jobs overlapped: the block's own wall time is kept, at most their sum and at least the longer one.
+    block = recipe.seconds[AT_ONCE_PREFIX + "sft1-adaptive + sft1-temporal_mean"]
+    each = [recipe.seconds["sft1-adaptive"], recipe.seconds["sft1-temporal_mean"]]
+    assert max(each) <= block <= sum(each) + 1.0
+    assert recipe.total_seconds() == pytest.approx(sum(recipe.seconds.values()) - sum(each))
     assert not list(tmp_path.glob(".progress.json.*"))
     # Trained once: the same block again queues nothing and trains nothing.
     before = dict(recipe.seconds)

@@ -62,7 +62,15 @@ def test_recipe_runs_every_stage_and_scores_them(smoke_run):
         assert (out / "world" / f"test_{layout}.json").exists() and scores["sft"]["all"][1] == 16
         assert 0 <= scores["pointing"][0] <= scores["pointing"][1]
         assert scores["pointing_object"][1] == scores["pointing"][1] and 0 <= scores["pointing_object"][0]
+        # Questions about scenes of at most four objects, counted apart: every video and image record of the
+        # quadrant layouts, the free layout's that hold two to four objects.
+        records = json.loads((out / "world" / f"test_{layout}.json").read_text())
+        sizes = [len(r["scene"]["objects"]) for r in records if "scene" in r]
+        few = scores["sft_few_objects"]
+        assert few["all"][1] == sum(n <= 4 for n in sizes) and (layout == "free" or few["all"][1] == len(sizes))
+        assert all(few[task][1] <= scores["sft"][task][1] for task in few)
     assert "| free layout: accuracy after SFT, all |" in (out / "results.md").read_text()
+    assert "| quadrants layout, scenes of at most 4 objects: accuracy after SFT, " in (out / "results.md").read_text()
 
 
 def test_recipe_reuses_what_it_trained_and_refuses_to_mix_runs(smoke_run):

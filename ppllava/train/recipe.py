@@ -24,6 +24,7 @@ from ppllava.config import PPLLaVAConfig
 from ppllava.data.clip_pairs import ClipPairCollator, ClipPairDataset
 from ppllava.data.dataset import LLaVADataset
 from ppllava.data.preference import PreferenceDataset
+from ppllava.data.scenes import OBJECT_LIMITS
 from ppllava.data.tokenizer import build_world_tokenizer
 from ppllava.data.video_features import VideoFeatureStore
 from ppllava.data.world import LAYOUTS, WorldSpec, WorldWriter, write_world
@@ -63,6 +64,7 @@ TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs
 # memorised, the model's answers are nearly all right and its mistakes are not the ones it makes on
 # new videos. 1,000 test pairs: the hallucination rate within about 1.4 points (one standard error).
 DPO_VIDEOS = {"train": 3000, "val": 300, "test": 1000}
+FEW_OBJECTS = OBJECT_LIMITS["quadrants"][1]  # layout scores also count scenes of at most this many objects apart
 
 
 @dataclass
@@ -313,10 +315,16 @@ class Recipe:
         pairs = ClipPairDataset(path, clip.config.image_size, clip.config.patch_size)
         loader = DataLoader(pairs, batch_size=64, collate_fn=ClipPairCollator(clip.config.text_context_length))
         scores = pointing_by_rule(clip, loader, ("patches", "object"))
+        data = LLaVADataset(path, sft.config, tokenizer)
+        answers = generate_answers(sft, data)
+        # The free layout draws up to six objects, the quadrant ones at most four: the same count of
+        # questions about scenes (a video or an image) that any layout can draw compares like with like.
+        few = {r["id"] for r in data.records if "scene" in r and len(r["scene"]["objects"]) <= FEW_OBJECTS}
         return {"pointing": [round(scores["patches"] * len(pairs)), len(pairs)],
                 "pointing_object": [round(scores["object"] * len(pairs)), len(pairs)],
-                "sft": {task: list(c) for task, c in counts_by_task(
-                    generate_answers(sft, LLaVADataset(path, sft.config, tokenizer))).items()}}
+                "sft": {task: list(c) for task, c in counts_by_task(answers).items()},
+                "sft_few_objects": {task: list(c) for task, c in counts_by_task(
+                    [a for a in answers if a["id"] in few]).items()}}
 
 
 def _start(cfg: TrainConfig) -> Optional[str]:
@@ -408,6 +416,8 @@ def _layout_rows(layouts: Dict[str, Dict[str, object]]) -> list:
         if "pointing_object" in scores:  # runs from before object pointing have none
             rows.append(f"| {layout} layout: object pointing, full names | {_rate(*scores['pointing_object'])} |")
         rows += [f"| {layout} layout: accuracy after SFT, {task} | {_rate(*c)} |" for task, c in scores["sft"].items()]
+        rows += [f"| {layout} layout, scenes of at most {FEW_OBJECTS} objects: accuracy after SFT, {task} | {_rate(*c)} |"
+                 for task, c in scores.get("sft_few_objects", {}).items() if task in ("colour", "shape")]
     return rows
 
 

@@ -16,7 +16,7 @@ import json
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 from torch.utils.data import DataLoader
 
@@ -188,6 +188,12 @@ class Recipe:
             self.seconds[AT_ONCE_PREFIX + " + ".join(each)] = time.perf_counter() - start
             self._overlapped.update(each)
 
+    def clip_stages(self) -> Tuple[Path, Path]:
+        """out/clip/model and out/clip_global/model (the global-loss ablation), the two trained side by side
+        when missing: they start from nothing and take about as long as each other."""
+        with self.at_once():
+            return self.model_dir("clip"), self.model_dir("clip_global")
+
     def total_seconds(self) -> float:
         """Wall time of what this Recipe did: the seconds of everything it ran, an at_once block counted by
         its own wall time rather than by its overlapping jobs'."""
@@ -257,8 +263,7 @@ class Recipe:
 
     def results(self) -> Dict[str, object]:
         """Train what is missing, then the held-out scores of the table in docs/recipe.md."""
-        with self.at_once():  # the CLIP stage and its global-loss ablation side by side, as notebook 01 trains them
-            self.model_dir("clip"), self.model_dir("clip_global")
+        self.clip_stages()
         for name in STAGES:
             self.model_dir(name)
         start = time.perf_counter()

@@ -3,6 +3,7 @@
     python -m ppllava.run_notebooks                 # all notebooks -> runs/<timestamp>/
     python -m ppllava.run_notebooks --smoke --only 00_operations --out /tmp/run
     python -m ppllava.run_notebooks --readme-figures   # and then refresh the README's figures (docs/figures/)
+    python -m ppllava.run_notebooks --preset tiny-p8 --layout free   # the recipe of the free world (docs/world.md)
 
 Notebooks that need trained models share run_dir/artifacts (the tiny recipe's stages, trained by the
 first notebook that asks and reused by the rest; `--artifacts` points at an earlier run's instead).
@@ -36,11 +37,13 @@ from nbconvert import HTMLExporter
 from papermill.engines import NBClientEngine, papermill_engines
 from PIL import Image
 
+from ppllava.data.scenes import LAYOUTS
 from ppllava.progress import PROGRESS_ENV, status_line
 
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = ROOT / "notebooks"
 FIGURES = ROOT / "docs" / "figures"
+CONFIGS = ROOT / "configs"  # ppllava.train.recipe.CONFIGS, without importing torch here
 # docs/figures/<name> <- <run_dir>/<notebook>/<file>: the figures the README shows, refreshed by --readme-figures.
 README_FIGURES = {
     "relevance_maps.png": "02_alignment/relevance_maps.png",
@@ -326,6 +329,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--only", nargs="+", help="notebook names without .ipynb, e.g. 00_operations")
     parser.add_argument("--artifacts", type=Path,
                         help="reuse the trained stages of an earlier run, e.g. runs/20261125-120000/artifacts")
+    parser.add_argument("--preset", help="the recipe's preset for every notebook that trains (configs/<preset>/; "
+                                          "default: each notebook's own, tiny), e.g. tiny-p8")
+    parser.add_argument("--layout", choices=LAYOUTS,
+                        help="the world the recipe trains on (default: each notebook's own, quadrants)")
     parser.add_argument("--readme-figures", action="store_true",
                         help="then copy the README's figures into docs/figures/ "
                              "(the notebooks drawing them must run now, without error)")
@@ -336,6 +343,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     unknown = [name for name in args.only or [] if name not in known]
     if unknown:  # before the run directory is made: a typo leaves nothing behind
         parser.error(f"--only: unknown notebooks {unknown}; known: {sorted(known)}")
+    if args.preset is not None and not (CONFIGS / args.preset).is_dir():
+        parser.error(f"--preset {args.preset}: no {CONFIGS / args.preset}; presets: {sorted(p.name for p in CONFIGS.iterdir())}")
+    # Only what was asked: a notebook's own defaults stand for the rest (execute drops names it does not declare).
+    world = {k: v for k, v in (("preset", args.preset), ("layout", args.layout)) if v is not None}
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file, not a run directory")
     if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():
@@ -348,7 +359,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     entries, index = [], run_dir / "index.html"
     for notebook in notebook_paths(args.only):
         print(f"[ppllava] {notebook.name} ...", flush=True)
-        entry = execute(notebook, run_dir, args.smoke, artifacts=args.artifacts)
+        entry = execute(notebook, run_dir, args.smoke, parameters=world, artifacts=args.artifacts)
         print(f"[ppllava] {notebook.name}: {entry['status']} in {entry['seconds']} s, page {entry['page']}"
               + (f" ({entry['error']})" if entry["error"] else ""), flush=True)
         entries.append(entry)

@@ -286,6 +286,10 @@ def test_notebook_cli_refuses_before_it_writes(capsys, tmp_path):
     _usage_error(capsys, lambda: main(["--out", str(tmp_path / "file")]), match="--out .*file is a file")
     _usage_error(capsys, lambda: main(["--smoke", "--readme-figures", "--out", str(out)]), absent=[out],
                  match="--readme-figures with --smoke: smoke figures are not results")
+    _usage_error(capsys, lambda: main(["--preset", "tiny-p9", "--out", str(out)]), absent=[out],
+                 match=r"--preset tiny-p9: no .*configs/tiny-p9; presets: \[.*'tiny-p8'")
+    _usage_error(capsys, lambda: main(["--layout", "lattice", "--out", str(out)]), absent=[out],
+                 match="--layout: invalid choice: 'lattice'")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without a GPU")

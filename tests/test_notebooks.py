@@ -8,6 +8,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import nbformat
+import papermill
 import pytest
 from PIL import Image
 
@@ -184,6 +185,52 @@ def test_notebook_runs_in_smoke_mode(path, tmp_path, artifacts):
     assert path.stem in index.read_text()
 
 
+TRAINING_NOTEBOOKS = [p for p in NOTEBOOKS if "Recipe(" in p.read_text()]
+
+
+def test_every_notebook_that_trains_takes_the_recipes_preset_and_layout():
+    assert len(TRAINING_NOTEBOOKS) >= 7
+    for path in TRAINING_NOTEBOOKS:
+        declared = papermill.inspect_notebook(str(path))
+        assert {"preset", "layout"} <= set(declared), f"{path.name}: no preset or layout parameter"
+        assert "preset=preset, layout=layout)" in path.read_text(), f"{path.name}: its Recipe ignores preset or layout"
+
+
+def test_main_passes_preset_and_layout_only_when_asked(tmp_path, monkeypatch):
+    import ppllava.run_notebooks as run_notebooks
+
+    seen = []
+
+    def fake_execute(notebook, run_dir, smoke, parameters=None, artifacts=None):
+        seen.append(parameters)
+        return {"name": notebook.stem, "notebook": f"{notebook.stem}.ipynb", "page": None, "seconds": 0.1,
+                "status": "ok", "error": None, "metrics": None, "figures": []}
+
+    monkeypatch.setattr(run_notebooks, "execute", fake_execute)
+    assert run_notebooks.main(["--only", "03_pooling_ablations", "--out", str(tmp_path / "a")]) == 0
+    assert run_notebooks.main(["--only", "03_pooling_ablations", "--layout", "free", "--out", str(tmp_path / "b")]) == 0
+    assert run_notebooks.main(["--only", "07_long_video", "--preset", "tiny-p8", "--layout", "free",
+                               "--out", str(tmp_path / "c")]) == 0
+    assert seen == [{}, {"layout": "free"}, {"preset": "tiny-p8", "layout": "free"}]
+
+
+@pytest.fixture(scope="module")
+def free_artifacts(tmp_path_factory):
+    """One smoke recipe of the free world's preset, shared as the main job would share it."""
+    return tmp_path_factory.mktemp("free-artifacts")
+
+
+@pytest.mark.parametrize("name", ["03_pooling_ablations", "07_long_video"])
+def test_notebook_runs_on_the_free_world_in_smoke_mode(name, tmp_path, free_artifacts):
+    """The notebooks whose tables the README shows for the free world (issue #14), with its preset."""
+    entry = execute(NOTEBOOK_DIR / f"{name}.ipynb", tmp_path, smoke=True, artifacts=free_artifacts,
+                    parameters={"preset": "tiny-p8", "layout": "free"})
+    assert entry["status"] == "ok", entry["error"]
+    CHECKS[name](json.loads((tmp_path / name / "metrics.json").read_text()))
+    marker = json.loads((free_artifacts / "smoke" / "recipe.json").read_text())
+    assert (marker["preset"], marker["layout"]) == ("tiny-p8", "free")
+
+
 def test_a_rerun_of_some_notebooks_keeps_the_index_entries_of_the_others(tmp_path):
     from ppllava.run_notebooks import main
 
@@ -349,7 +396,7 @@ def test_main_with_readme_figures_copies_them_only_when_their_notebooks_ran_ok(t
 
     failed = set()
 
-    def fake_execute(notebook, run_dir, smoke, artifacts=None):  # the figures a real run would save
+    def fake_execute(notebook, run_dir, smoke, parameters=None, artifacts=None):  # the figures a real run would save
         if notebook.stem not in failed:
             for source in README_FIGURES.values():
                 if source.startswith(notebook.stem + "/"):

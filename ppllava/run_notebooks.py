@@ -347,6 +347,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         parser.error(f"--preset {args.preset}: no {CONFIGS / args.preset}; presets: {sorted(p.name for p in CONFIGS.iterdir())}")
     # Only what was asked: a notebook's own defaults stand for the rest (execute drops names it does not declare).
     world = {k: v for k, v in (("preset", args.preset), ("layout", args.layout)) if v is not None}
+    if args.readme_figures and world:
+        parser.error("--readme-figures with --preset or --layout: docs/figures/ holds the default world's figures, "
+                     "which the README labels as such")
     if args.out is not None and args.out.exists() and not args.out.is_dir():
         parser.error(f"--out {args.out} is a file, not a run directory")
     if args.artifacts is not None and args.artifacts.exists() and not args.artifacts.is_dir():

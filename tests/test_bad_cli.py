@@ -290,6 +290,8 @@ def test_notebook_cli_refuses_before_it_writes(capsys, tmp_path):
                  match=r"--preset tiny-p9: no .*configs/tiny-p9; presets: \[.*'tiny-p8'")
     _usage_error(capsys, lambda: main(["--layout", "lattice", "--out", str(out)]), absent=[out],
                  match="--layout: invalid choice: 'lattice'")
+    _usage_error(capsys, lambda: main(["--layout", "free", "--readme-figures", "--out", str(out)]), absent=[out],
+                 match="--readme-figures with --preset or --layout: docs/figures/ holds the default world's")
 
 
 @pytest.mark.skipif(__import__("torch").cuda.is_available(), reason="the refusal is for machines without a GPU")

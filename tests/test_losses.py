@@ -85,6 +85,13 @@ def test_pointing_accuracy():
     assert pointing_accuracy(relevance, masks).item() == 0.5
 
 
+def test_pointing_accuracy_refuses_masks_of_another_patch_grid():
+    # Masks drawn at 16 px patches (4 x 4) for a map of 8 px patches (8 x 8) once indexed out of range, or
+    # worse, in range on the wrong patches, when a notebook hard-coded the tiny preset's grid.
+    with pytest.raises(ValueError, match=r"relevance \(2, 8, 8\) and masks \(2, 4, 4\)"):
+        pointing_accuracy(torch.zeros(2, 8, 8), torch.zeros(2, 4, 4, dtype=torch.bool))
+
+
 # --- DPO conventions: summed (DPO paper) or per-token (TRL's IPO) log-probs, conservative DPO ------------
 
 def _toy_pairs():

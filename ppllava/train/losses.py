@@ -45,6 +45,9 @@ def pointing_accuracy(relevance: torch.Tensor, masks: torch.Tensor) -> torch.Ten
     """Share of maps whose most relevant patch lies inside the named object's patches.
 
     relevance `(B, ..., H, W)` and masks of the same shape (bool) -> scalar."""
+    if relevance.shape != masks.shape:  # masks drawn for another patch grid would index the wrong patches
+        raise ValueError(f"pointing_accuracy: relevance {tuple(relevance.shape)} and masks {tuple(masks.shape)} differ "
+                         "in shape; draw the masks with the model's image_size and patch_size")
     flat = relevance.flatten(1)
     hit = masks.flatten(1).gather(1, flat.argmax(1, keepdim=True))
     return hit.float().mean()

@@ -92,8 +92,8 @@ class PPLLaVAConfig:
     video_output_size: Optional[Tuple[int, int, int]] = None  # for adaptive, or instead of kernel
     image_kernel: Tuple[int, int, int] = (1, 2, 2)
     pool_temperature: float = 0.01
-    weighting: str = "softmax"  # softmax (released code) | normalized (paper text) | invariant (one rule for all lengths)
-    pool_margin: float = 3.0  # weighting "invariant": log-odds of the best patch over a window's mean one, beyond log K
+    weighting: str = "softmax"  # softmax (released code) | normalized (paper text) | invariant, peak (one rule for all lengths)
+    pool_margin: float = 3.0  # weightings "invariant", "peak": log-odds of the best patch over a window's mean one, beyond log K
     clip_prompt: str = "question"  # question | conversation (released training code)
     pool_position: str = "after_projector"  # after_projector (released code) | before_projector
     # The selection and merging modes (topk, random, merge, dominant; DESIGN.md section 5) keep a budget, not a grid.

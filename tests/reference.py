@@ -34,6 +34,11 @@ def pool_by_loop(x, relevance, grid, out, kernel, stride, temperature=0.01, weig
                     e = torch.tensor([math.exp((logs[n] - logs[top]) * (margin + math.log(max(len(rest), 1))) / gap)
                                       if n in logs else 0.0 for n in range(len(s))], dtype=torch.float64)
                     a = e / e.sum()
+                elif weighting == "peak":  # share of the video's peak, sharpened by margin + log(K - 1)
+                    peak = float(relevance[b].double().max())
+                    share = s / peak if peak > 0 else torch.zeros_like(s)
+                    e = torch.exp((margin + math.log(max(len(s) - 1, 1))) * (share - share.max()))
+                    a = e / e.sum()
                 else:
                     a = s / s.sum()
             rows.append((a[:, None] * xs).sum(0))

@@ -39,6 +39,8 @@ def test_pooling_variants_meet_at_prompt_poolings_budget():
         Recipe("unused", smoke=True).pooling_variant("topk", "sft1")
     with pytest.raises(ValueError, match="margin is the 'invariant' weighting of prompt pooling; pooling variant 'adaptive'"):
         Recipe("unused", smoke=True).pooling_variant("adaptive", margin=4.0)
+    with pytest.raises(ValueError, match="margin weighting is one of \\['invariant', 'peak'\\], got 'softmax'"):
+        Recipe("unused", smoke=True).pooling_variant("prompt", margin=4.0, weighting="softmax")
 
 
 @pytest.fixture(scope="module")

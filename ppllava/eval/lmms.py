@@ -16,8 +16,8 @@ Model args (lmms-eval's key=value list; a T x H x W shape is written 4x2x2, sinc
                    (default: what prompt pooling makes of the same frames)
   fastv_layer      fastv's K, the LLM layer from which only the budget goes on (default 2)
   video_kernel, video_stride, video_output_size, pool_temperature: the pooling's geometry and sharpness
-  weighting, pool_margin  prompt pooling's window weights: softmax | normalized | invariant, and the
-                   margin of "invariant" (one rule for every video length; ppllava.ops.pooling)
+  weighting, pool_margin  prompt pooling's window weights: softmax | normalized | invariant | peak, and the
+                   margin of "invariant" and "peak" (one rule for every video length; ppllava.ops.pooling)
   video_chunk_frames  frames the tower, relevance and pooling read at a time (long videos; default: all)
   num_frames       frames sampled per video, uniformly (default: the checkpoint's)
   reader           decord | pyav | frames (a folder of frame images per video); default: decord

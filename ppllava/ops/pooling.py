@@ -22,7 +22,7 @@ from ppllava.ops.checks import check_finite as _check_finite
 from ppllava.ops.geometry import IntOrTriple, Triple, as_triple, window_geometry
 
 POOLING_MODES = ("none", "temporal_mean", "adaptive", "spatial", "prompt")
-WEIGHTINGS = ("softmax", "normalized", "invariant")
+WEIGHTINGS = ("softmax", "normalized", "invariant", "peak")
 # "invariant": log-relevance spreads below this (in nats) count as a flat window, so float noise on a
 # uniform map is not sharpened into a pick (the rule is blind to the map's scale by design).
 FLAT_SPREAD = 1e-3
@@ -111,8 +111,9 @@ def window_weights(
         weighting: "softmax" (released code: softmax_{i in w}(s_i / temperature)) or
             "normalized" (paper: s_i / sum_{j in w} s_j; needs s >= 0; a window whose relevance
             sums to 0 has no defined weights and gets the plain window mean, the limit of equal s), or
-            "invariant" (one rule for every video length; see below).
-        margin: the log-odds `gamma` of weighting "invariant" (below); chosen once, at one length.
+            "invariant" (one rule for every video length; see below), or "peak" (the same, but each
+            window sharpened only as far as its best patch comes near the video's peak; below).
+        margin: the log-odds `gamma` of weightings "invariant" and "peak" (below); chosen once, at one length.
 
     Weighting "invariant". `s = softmax(tau r)` over all T*H*W positions, so `log s_i = tau r_i - log Z`
     and every rule applied to `s / temperature` changes with the video's length through Z. Differences
@@ -132,6 +133,20 @@ def window_weights(
     depends on Z (the length), tau (CLIP's scale) or a shift of r. A flat window (gap 0) gets the
     mean of P; a window with one patch in P, all of it; a window of zeros, the plain mean.
 
+    Weighting "peak". "invariant" sharpens every window to its own best patch, relevant or not: of 16
+    windows, the one holding the asked-about object and 15 holding whatever each finds least unlike it. The
+    released softmax does not (a window of small s is near its mean), but only at the length its temperature
+    was set for. "peak" keeps that, with the length removed: with `m = max s` over the video's T*H*W
+    positions, `s_i / m = exp(tau (r_i - max r))` does not depend on Z, and per window w of K patches
+
+        a_i = softmax_{i in w}((margin + log(K - 1)) * s_i / m)
+
+    i.e. the released rule with its temperature set by the map, `m / (margin + log(K - 1))`, not by hand. A
+    patch at the video's peak among K - 1 patches of s << m gets sigmoid(margin) of its window at every
+    length, as under "invariant"; a window whose best patch has s = q m gets log-odds q (margin + log(K - 1))
+    over those patches, so a window of nothing relevant stays near its mean. It reads tau through r's
+    spread (a CLIP with a flatter scale lights up more patches near the peak). A map of zeros: the mean.
+
     Returns:
         `torch.FloatTensor` of shape `(B, T', H', W', K)`, K = prod(kernel), float32 (float64 for
         float64 input), summing to 1 over K.
@@ -145,10 +160,12 @@ def window_weights(
         stacked = torch.stack(list(_window_views(s, out, kernel, stride)), dim=-1)  # (B, T', H', W', K)
     if weighting == "softmax":
         return torch.softmax(stacked / temperature, dim=-1)
-    if weighting in ("normalized", "invariant") and bool((s < 0).any()):  # s as a share (normalized), log s (invariant)
+    if weighting in ("normalized", "invariant", "peak") and bool((s < 0).any()):  # s as a share, log s, or s / max s
         raise ValueError(f"weighting {weighting!r} needs a non-negative relevance map; got negative values")
     if weighting == "invariant":
         return _invariant_weights(stacked, margin)
+    if weighting == "peak":
+        return _peak_weights(stacked, s.flatten(1).amax(1), margin)
     if weighting == "normalized":
         total = stacked.sum(-1, keepdim=True)
         uniform = torch.full_like(stacked, 1.0 / stacked.shape[-1])
@@ -169,6 +186,16 @@ def _invariant_weights(stacked: torch.Tensor, margin: float) -> torch.Tensor:
     gap = (best - (log_s.masked_fill(~present, 0.0).sum(-1, keepdim=True) - best) / rest).clamp_min(FLAT_SPREAD)
     logits = ((log_s - best) * ((margin + rest.to(log_s.dtype).log()) / gap)).masked_fill(~present, float("-inf"))
     return torch.softmax(logits.masked_fill(count == 0, 0.0), dim=-1)  # a window of zeros: the plain mean
+
+
+def _peak_weights(stacked: torch.Tensor, peak: torch.Tensor, margin: float) -> torch.Tensor:
+    """Weighting "peak" of `window_weights` (see there): (B, T', H', W', K) window relevances and (B,) the
+    map's maximum over the whole video -> (B, T', H', W', K)."""
+    k = stacked.shape[-1]
+    gain = margin + math.log(max(k - 1, 1))
+    # a map of zeros has no peak: its share s / m is taken as 0 everywhere, i.e. every window's plain mean
+    share = stacked / peak.clamp_min(torch.finfo(stacked.dtype).tiny).view(-1, 1, 1, 1, 1)
+    return torch.softmax(gain * share, dim=-1)
 
 
 def _check_tokens(x: torch.Tensor, grid) -> Triple:
@@ -206,8 +233,8 @@ def prompt_guided_pool3d(
         output_size, kernel, stride: any two (or output_size alone, or kernel alone), see
             `window_geometry`. Windows may overlap.
         temperature: softmax temperature, > 0.
-        weighting: "softmax", "normalized" or "invariant" (see `window_weights`).
-        margin: the log-odds of weighting "invariant" (see `window_weights`), finite.
+        weighting: "softmax", "normalized", "invariant" or "peak" (see `window_weights`).
+        margin: the log-odds of weightings "invariant" and "peak" (see `window_weights`), finite.
         remainder: "error" refuses windows that leave tokens uncovered; "drop" leaves them
             out, as floor-mode avg_pool3d does (see `window_geometry`).
         check_finite: raise a ValueError naming `x` or `relevance` if it holds NaN or Inf.

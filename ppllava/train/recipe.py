@@ -57,6 +57,8 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
     "merge": {"pooling": "merge"},  # ToMe / FrameFusion: 16 averages, neighbouring frames first
     "dominant": {"pooling": "dominant"},  # VisionZip: 14 tokens kept by [CLS] attention + 2 contextual averages
 }
+# The length-free weightings a pooling variant's margin sets, and the tag that names its runs ("-inv4").
+MARGIN_WEIGHTINGS = {"invariant": "inv", "peak": "peak"}
 VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
 VARIANT_CACHE_MB = 1024  # TrainConfig.vision_cache_mb of the pooling rows: every image and crop of the tiny world fits
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
@@ -199,25 +201,30 @@ class Recipe:
         its own wall time rather than by its overlapping jobs'."""
         return sum(v for k, v in self.seconds.items() if k not in self._overlapped)
 
-    def pooling_variant(self, mode: str, start: str = "sft2", margin: Optional[float] = None) -> Path:
+    def pooling_variant(self, mode: str, start: str = "sft2", margin: Optional[float] = None,
+                        weighting: str = "invariant") -> Path:
         """Stage 2 in pooling `mode` (a key of POOLING_VARIANTS), VARIANT_STEPS steps from `start`:
         "sft2" (out/sft2-<mode>: the recipe's stage 2, itself trained with prompt pooling, a head start
         for that row) or "sft1" (out/sft1-<mode>: stage 1, where no LLM has yet read pooled tokens, so
         every mode starts equal). "oracle" pools by the world's ground truth instead of CLIP's map, in
         training too: a model trained on one map does not read tokens pooled by another. `margin` (prompt
-        and oracle only): weight the windows with the 'invariant' rule at that margin instead of the
-        released softmax (out/<start>-<mode>-inv<margin>); an LLM reads best the tokens of the rule it was
+        and oracle only): weight the windows with the length-free rule `weighting`, "invariant" or "peak"
+        (`ppllava.ops.pooling.window_weights`), at that margin instead of the released softmax
+        (out/<start>-<mode>-inv<margin>, -peak<margin>); an LLM reads best the tokens of the rule it was
         trained on, so a row pooled by that rule starts here."""
         if mode not in POOLING_VARIANTS:
             raise ValueError(f"no pooling variant {mode!r}; modes are {list(POOLING_VARIANTS)}")
         if start not in ("sft1", "sft2"):
             raise ValueError(f"pooling variants start from 'sft1' or 'sft2', got {start!r}")
         overrides, name = dict(POOLING_VARIANTS[mode]), f"{start}-{mode}"
+        if weighting not in MARGIN_WEIGHTINGS:
+            raise ValueError(f"a pooling variant's margin weighting is one of {list(MARGIN_WEIGHTINGS)}, got {weighting!r}")
         if margin is not None:
             if mode not in ("prompt", "oracle"):
-                raise ValueError(f"margin is the 'invariant' weighting of prompt pooling; pooling variant {mode!r} has "
+                raise ValueError(f"margin is the {weighting!r} weighting of prompt pooling; pooling variant {mode!r} has "
                                  "no window weights")
-            overrides, name = {**overrides, "weighting": "invariant", "pool_margin": float(margin)}, f"{name}-inv{margin:g}"
+            overrides = {**overrides, "weighting": weighting, "pool_margin": float(margin)}
+            name = f"{name}-{MARGIN_WEIGHTINGS[weighting]}{margin:g}"
         # The tower is frozen here: its features are read, not recomputed (the same weights come out; neither
         # field is a training field, so rows trained before keep their place). Videos from the world's feature
         # store, shared by every row; images from memory after their first sight. 'dominant' reads the tower's

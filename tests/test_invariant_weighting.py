@@ -43,33 +43,36 @@ def test_one_patch_standing_out_gets_sigmoid_margin_at_every_window_size(k):
         assert float(w.sum()) == pytest.approx(1.0, abs=1e-12)
 
 
-def test_the_weights_ignore_z_tau_and_a_shift_of_r():
+@pytest.mark.parametrize("weighting", ["invariant", "peak"])
+def test_the_weights_ignore_z_and_a_shift_of_r_and_invariant_ignores_tau(weighting):
     g = torch.Generator().manual_seed(0)
     r = torch.rand(2, 6, 4, 4, generator=g, dtype=torch.float64) * 2 - 1
     geometry = ((3, 2, 2), (2, 2, 2), (2, 2, 2))
 
     def weights(tau, shift=0.0, scale=1.0):
         s = torch.softmax(tau * (r + shift).flatten(1), -1).view_as(r) * scale
-        return window_weights(s, *geometry, weighting="invariant", margin=2.0)
+        return window_weights(s, *geometry, weighting=weighting, margin=2.0)
 
     ref = weights(15.0)
     torch.testing.assert_close(weights(15.0, scale=1e-3), ref)  # Z grows (a longer video) -> s shrinks
     torch.testing.assert_close(weights(15.0, shift=0.3), ref)
-    torch.testing.assert_close(weights(100.0), ref)  # OpenAI CLIP's tau instead of the tiny CLIP's
+    if weighting == "invariant":  # "peak" reads tau through s / max s = exp(tau (r - max r)), by design
+        torch.testing.assert_close(weights(100.0), ref)  # OpenAI CLIP's tau instead of the tiny CLIP's
     assert weights(15.0).shape == (2, 3, 2, 2, 8)
     torch.testing.assert_close(ref.sum(-1), torch.ones(2, 3, 2, 2, dtype=torch.float64))
 
 
+@pytest.mark.parametrize("weighting", ["invariant", "peak"])  # the two length-free rules (peak: test_peak_weighting.py)
 @pytest.mark.parametrize("margin", [-2.0, 0.0, 5.0])
-def test_equals_the_plain_loop_at_any_margin(margin):
+def test_equals_the_plain_loop_at_any_margin(margin, weighting):
     grid = (4, 3, 4)
     g = torch.Generator().manual_seed(3)
     x = torch.randn(2, 48, 5, generator=g)
     s = torch.softmax(8 * torch.randn(2, 48, generator=g), -1).view(2, *grid)
     for geometry in (dict(kernel=(2, 3, 2)), dict(kernel=(3, 2, 2), stride=(1, 1, 2))):
-        pooled, out = prompt_guided_pool3d(x, s, grid, **geometry, weighting="invariant", margin=margin)
+        pooled, out = prompt_guided_pool3d(x, s, grid, **geometry, weighting=weighting, margin=margin)
         _, kernel, stride = window_geometry(grid, **geometry)
-        ref = pool_by_loop(x, s, grid, out, kernel, stride, weighting="invariant", margin=margin)
+        ref = pool_by_loop(x, s, grid, out, kernel, stride, weighting=weighting, margin=margin)
         torch.testing.assert_close(pooled.double(), ref, rtol=1e-5, atol=1e-5)
 
 
@@ -97,13 +100,15 @@ def test_gradients_are_finite_with_zeros_in_the_map():
         assert torch.isfinite(s.grad).all(), values
 
 
-def test_bad_inputs_are_named():
+@pytest.mark.parametrize("weighting", ["invariant", "peak"])
+def test_bad_inputs_are_named(weighting):
     grid = (2, 2, 2)
     x = torch.randn(1, 8, 3)
-    with pytest.raises(ValueError, match="invariant.*non-negative"):
-        prompt_guided_pool3d(x, -torch.ones(1, *grid), grid, kernel=2, weighting="invariant")
-    with pytest.raises(ValueError, match="margin must be finite"):
-        prompt_guided_pool3d(x, torch.rand(1, *grid), grid, kernel=2, weighting="invariant", margin=float("nan"))
+    with pytest.raises(ValueError, match=f"{weighting}.*non-negative"):
+        prompt_guided_pool3d(x, -torch.ones(1, *grid), grid, kernel=2, weighting=weighting)
+    for bad in (float("nan"), float("inf")):
+        with pytest.raises(ValueError, match="margin must be finite"):
+            prompt_guided_pool3d(x, torch.rand(1, *grid), grid, kernel=2, weighting=weighting, margin=bad)
 
 
 def needle(frames, seed=0):

@@ -59,6 +59,11 @@ POOLING_VARIANTS: Dict[str, Dict[str, object]] = {
 }
 # The length-free weightings a pooling variant's margin sets, and the tag that names its runs ("-inv4").
 MARGIN_WEIGHTINGS = {"invariant": "inv", "peak": "peak"}
+
+
+def margin_tag(weighting: str, margin: float) -> str:
+    """The part of a run's name that says its window rule and margin: ("invariant", 4.0) -> "inv4"."""
+    return f"{MARGIN_WEIGHTINGS[weighting]}{margin:g}"
 VARIANT_STEPS = 1000  # 1,000 x 16 records: two epochs of the world's 7,500
 VARIANT_CACHE_MB = 1024  # TrainConfig.vision_cache_mb of the pooling rows: every image and crop of the tiny world fits
 TASK_WEIGHTS = {"mc": 2.0}  # twice the multiple choice: its option lookup needs the most examples
@@ -224,7 +229,7 @@ class Recipe:
                 raise ValueError(f"margin is the {weighting!r} weighting of prompt pooling; pooling variant {mode!r} has "
                                  "no window weights")
             overrides = {**overrides, "weighting": weighting, "pool_margin": float(margin)}
-            name = f"{name}-{MARGIN_WEIGHTINGS[weighting]}{margin:g}"
+            name = f"{name}-{margin_tag(weighting, margin)}"
         # The tower is frozen here: its features are read, not recomputed (the same weights come out; neither
         # field is a training field, so rows trained before keep their place). Videos from the world's feature
         # store, shared by every row; images from memory after their first sight. 'dominant' reads the tower's

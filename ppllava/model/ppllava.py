@@ -34,7 +34,7 @@ from ppllava.model.compress_tokens import (PROMPT_MODES, TOWER_ATTENTION_MODES, 
 from ppllava.model.hf_configs import CLIP_BOS, CLIP_EOS, clip_text_config, llm_config, vision_config
 from ppllava.model.token_layout import TokenLayout
 from ppllava.ops import (COMPRESSION_MODES, LLM_PRUNING_MODES, check_finite, extend_clip_text_context,
-                         pool_visual_tokens, prompt_guided_pool3d, prompt_relevance)
+                         pool_shared_tokens, pool_visual_tokens, prompt_guided_pool3d, prompt_relevance)
 
 
 class Projector(nn.Module):
@@ -322,14 +322,26 @@ class PPLLaVA(nn.Module):
     def _tokens(self, patches: torch.Tensor, grid, guide: Guide, media: str,
                 frames: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector.
-        `frames`: `distinct_frames(patches, g*g)`, so that the projector runs once per distinct frame."""
+        `frames`: `distinct_frames(patches, g*g)`, so that the projector runs once per distinct frame and the
+        window-mixing modes ('prompt', 'temporal_mean') pool from those rows (`pool_shared_tokens`)."""
         if self.config.pool_position == "before_projector":
             return self.projector(self._pool(patches, grid, guide, media))
         if frames is None:
             return self._pool(self.projector(patches), grid, guide, media)
         distinct, inverse = frames
-        projected = self.projector(distinct)[inverse].reshape(*patches.shape[:2], -1)
-        return self._pool(projected, grid, guide, media)
+        projected = self.projector(distinct)  # (U, g*g, D)
+        cfg = self.config
+        if media == "video" and cfg.pooling in ("prompt", "temporal_mean"):  # window mixes: pooled from the rows
+            cells = projected.shape[1]
+            index = (inverse.view(-1, 1) * cells + torch.arange(cells, device=inverse.device)).view(-1, *grid)
+            if cfg.pooling == "temporal_mean":
+                geometry, relevance = dict(kernel=(grid[0], 1, 1)), None
+            else:
+                geometry, relevance = self.layout.video_pool_geometry(), guide.relevance
+            return pool_shared_tokens(projected.flatten(0, 1), index, relevance, temperature=cfg.pool_temperature,
+                                      weighting=cfg.weighting, margin=cfg.pool_margin, check_finite=cfg.check_finite,
+                                      **geometry)[0]
+        return self._pool(projected[inverse].reshape(*patches.shape[:2], -1), grid, guide, media)
 
     def _generators(self, pixels: Optional[torch.Tensor]) -> Optional[List[torch.Generator]]:
         """'random' in eval: one generator per sample of `pixels`, seeded by `random_seed` and its pixels

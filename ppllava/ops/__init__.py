@@ -26,6 +26,7 @@ from ppllava.ops.pooling import (
     POOLING_MODES,
     WEIGHTINGS,
     adaptive_pool3d,
+    pool_shared_tokens,
     pool_visual_tokens,
     prompt_guided_pool3d,
     window_weights,
@@ -37,7 +38,7 @@ __all__ = [
     "COMPRESSION_MODES", "ClipPromptTruncated", "Compressed", "ExtendedPositionEmbedding", "LLM_PRUNING_MODES",
     "POOLING_MODES", "WEIGHTINGS",
     "adaptive_pool3d", "check_finite", "clip_context_length", "dominant_merge", "extend_clip_positions",
-    "extend_clip_text_context", "fastv_keep", "fastv_select", "first_inputs", "frames", "pool_visual_tokens",
-    "prompt_guided_pool3d", "prompt_relevance", "random_select", "sources", "tokenize_clip_prompts",
+    "extend_clip_text_context", "fastv_keep", "fastv_select", "first_inputs", "frames", "pool_shared_tokens",
+    "pool_visual_tokens", "prompt_guided_pool3d", "prompt_relevance", "random_select", "sources", "tokenize_clip_prompts",
     "tome_merge", "topk_select", "window_geometry", "window_weights",
 ]

@@ -323,25 +323,37 @@ class PPLLaVA(nn.Module):
                 frames: Optional[Tuple[torch.Tensor, torch.Tensor]] = None) -> torch.Tensor:
         """(n, N, Dv) patch tokens -> (n, N', D) LLM tokens, pooling before or after the projector.
         `frames`: `distinct_frames(patches, g*g)`, so that the projector runs once per distinct frame and the
-        window-mixing modes ('prompt', 'temporal_mean') pool from those rows (`pool_shared_tokens`)."""
+        modes that mix windows (`_window_mix`) pool from those rows (`pool_shared_tokens`)."""
         if self.config.pool_position == "before_projector":
             return self.projector(self._pool(patches, grid, guide, media))
         if frames is None:
             return self._pool(self.projector(patches), grid, guide, media)
         distinct, inverse = frames
         projected = self.projector(distinct)  # (U, g*g, D)
+        mix = self._window_mix(grid) if media == "video" else None
+        if mix is None:
+            return self._pool(projected[inverse].reshape(*patches.shape[:2], -1), grid, guide, media)
+        geometry, weighted = mix
+        cfg, cells = self.config, projected.shape[1]
+        index = (inverse.view(-1, 1) * cells + torch.arange(cells, device=inverse.device)).view(-1, *grid)
+        return pool_shared_tokens(projected.flatten(0, 1), index, guide.relevance if weighted else None,
+                                  temperature=cfg.pool_temperature, weighting=cfg.weighting, margin=cfg.pool_margin,
+                                  check_finite=cfg.check_finite, **geometry)[0]
+
+    def _window_mix(self, grid) -> Optional[Tuple[dict, bool]]:
+        """(geometry, weighted by the relevance) of `pool_shared_tokens` when the video pooling mode mixes
+        windows: 'prompt', 'temporal_mean', and 'adaptive' where its windows tile the grid (each axis a
+        multiple of the output's: adaptive_avg_pool3d then averages equal blocks). None otherwise."""
         cfg = self.config
-        if media == "video" and cfg.pooling in ("prompt", "temporal_mean"):  # window mixes: pooled from the rows
-            cells = projected.shape[1]
-            index = (inverse.view(-1, 1) * cells + torch.arange(cells, device=inverse.device)).view(-1, *grid)
-            if cfg.pooling == "temporal_mean":
-                geometry, relevance = dict(kernel=(grid[0], 1, 1)), None
-            else:
-                geometry, relevance = self.layout.video_pool_geometry(), guide.relevance
-            return pool_shared_tokens(projected.flatten(0, 1), index, relevance, temperature=cfg.pool_temperature,
-                                      weighting=cfg.weighting, margin=cfg.pool_margin, check_finite=cfg.check_finite,
-                                      **geometry)[0]
-        return self._pool(projected[inverse].reshape(*patches.shape[:2], -1), grid, guide, media)
+        if cfg.pooling == "prompt":
+            return self.layout.video_pool_geometry(), True
+        if cfg.pooling == "temporal_mean":
+            return dict(kernel=(grid[0], 1, 1)), False
+        if cfg.pooling == "adaptive":
+            out = tuple(cfg.video_output_size)
+            if all(o >= 1 and i % o == 0 for i, o in zip(grid, out)):
+                return dict(kernel=tuple(i // o for i, o in zip(grid, out))), False
+        return None
 
     def _generators(self, pixels: Optional[torch.Tensor]) -> Optional[List[torch.Generator]]:
         """'random' in eval: one generator per sample of `pixels`, seeded by `random_seed` and its pixels

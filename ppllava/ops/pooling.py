@@ -213,6 +213,32 @@ def _check_tokens(x: torch.Tensor, grid) -> Triple:
     return grid
 
 
+def _check_pool_arguments(caller: str, output_size, kernel, temperature: float, weighting: str, margin: float) -> None:
+    if output_size is None and kernel is None:
+        raise ValueError(f"{caller} needs output_size or kernel")
+    if not 0 < temperature < float("inf"):  # inf would make every window a plain mean without a word
+        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
+    if weighting not in WEIGHTINGS:
+        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+    if not math.isfinite(margin):
+        raise ValueError(f"margin must be finite, got {margin}")
+
+
+def _pool_weights(relevance: Optional[torch.Tensor], B: int, grid: Triple, geometry, temperature: float,
+                  weighting: str, margin: float, dtype: torch.dtype, device, check_finite: bool) -> torch.Tensor:
+    """Each window's mixing weights, (B | 1, T', H', W', K): `window_weights`, or without a map the plain mean
+    in `dtype`."""
+    out, ker, st = geometry
+    if relevance is None:
+        k = ker[0] * ker[1] * ker[2]
+        return torch.full((1, 1, 1, 1, k), 1.0 / k, dtype=dtype, device=device)
+    if tuple(relevance.shape) != (B, *grid):
+        raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
+    if check_finite:
+        _check_finite(relevance, "relevance")
+    return window_weights(relevance, out, ker, st, temperature, weighting, margin)
+
+
 def prompt_guided_pool3d(
     x: torch.Tensor,
     relevance: Optional[torch.Tensor],
@@ -249,27 +275,13 @@ def prompt_guided_pool3d(
         accumulation in float32), out_grid = (T', H', W').
     """
     grid = _check_tokens(x, grid)
-    if output_size is None and kernel is None:
-        raise ValueError("prompt_guided_pool3d needs output_size or kernel")
-    if not 0 < temperature < float("inf"):  # inf would make every window a plain mean without a word
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if not math.isfinite(margin):
-        raise ValueError(f"margin must be finite, got {margin}")
+    _check_pool_arguments("prompt_guided_pool3d", output_size, kernel, temperature, weighting, margin)
     out, ker, st = window_geometry(grid, output_size, kernel, stride, remainder=remainder)
     B, _, D = x.shape
     if check_finite:
         _check_finite(x, "x (visual tokens)")
-    if relevance is None:
-        k = ker[0] * ker[1] * ker[2]
-        weights = torch.full((1, 1, 1, 1, k), 1.0 / k, dtype=torch.promote_types(x.dtype, torch.float32), device=x.device)
-    else:
-        if tuple(relevance.shape) != (B, *grid):
-            raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
-        if check_finite:
-            _check_finite(relevance, "relevance")
-        weights = window_weights(relevance, out, ker, st, temperature, weighting, margin)
+    weights = _pool_weights(relevance, B, grid, (out, ker, st), temperature, weighting, margin,
+                            torch.promote_types(x.dtype, torch.float32), x.device, check_finite)
     x5 = x.reshape(B, *grid, D)
     if x.is_cuda and ker == st:
         pooled = _tiled_weighted_sum(x5, weights, out, ker)
@@ -300,8 +312,9 @@ def pool_shared_tokens(
     rows[index_i] = sum_r (sum_{i in w, index_i = r} a_i) rows[r]. So each window's weights are summed
     per row into S (B*T'*H'*W', R), one scatter-add of the map's size, and the output is S @ rows: the
     weights cost what the map costs, the mixing what the distinct rows cost, not K strided passes over
-    T*H*W tokens of width D (36 times faster at 1,024 frames, benchmarks/distinct_frames_bench.py). The
-    same values to float rounding (another order of summation), the same gradients.
+    T*H*W tokens of width D (at 1,024 frames of 8 x 8 patches, forward and backward 123 ms -> 3.4 ms in one
+    measurement; a whole stage-2 step 5.7x, benchmarks/distinct_frames_bench.py). The same values to
+    float rounding (another order of summation), the same gradients.
 
     Args:
         rows (`torch.FloatTensor` of shape `(R, D)`): the distinct tokens.
@@ -321,32 +334,17 @@ def pool_shared_tokens(
     if int(index.min()) < 0 or int(index.max()) >= rows.shape[0]:
         raise ValueError(f"index must lie in [0, {rows.shape[0]}) (rows of `rows`), got [{int(index.min())}, "
                          f"{int(index.max())}]")
-    # the checks and weights of prompt_guided_pool3d
     B, grid = index.shape[0], tuple(index.shape[1:])
-    if output_size is None and kernel is None:
-        raise ValueError("pool_shared_tokens needs output_size or kernel")
-    if not 0 < temperature < float("inf"):
-        raise ValueError(f"temperature must be finite and > 0, got {temperature}")
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
-    if not math.isfinite(margin):
-        raise ValueError(f"margin must be finite, got {margin}")
+    _check_pool_arguments("pool_shared_tokens", output_size, kernel, temperature, weighting, margin)
     out, ker, st = window_geometry(grid, output_size, kernel, stride, remainder=remainder)
     if check_finite:
         _check_finite(rows, "rows (visual tokens)")
-    acc_dtype = torch.promote_types(rows.dtype, torch.float32)
-    k = ker[0] * ker[1] * ker[2]
-    if relevance is None:
-        weights = torch.full((B, *out, k), 1.0 / k, dtype=acc_dtype, device=rows.device)
-    else:
-        if tuple(relevance.shape) != (B, *grid):
-            raise ValueError(f"relevance must have shape (B, T, H, W) = {(B, *grid)}, got {tuple(relevance.shape)}")
-        if check_finite:
-            _check_finite(relevance, "relevance")
-        weights = window_weights(relevance, out, ker, st, temperature, weighting, margin).to(acc_dtype)
-    windows = out[0] * out[1] * out[2]
+    acc = torch.promote_types(rows.dtype, torch.float32)
+    weights = _pool_weights(relevance, B, grid, (out, ker, st), temperature, weighting, margin, acc, rows.device,
+                            check_finite).to(acc)
+    windows, k = out[0] * out[1] * out[2], weights.shape[-1]
     which = _stack_windows(index, out, ker, st).reshape(B, windows, k)  # (B, windows, K) rows
-    weights = weights.reshape(B, windows, k)
+    weights = weights.expand(B, *out, k).reshape(B, windows, k)
     pooled = []
     for b in range(B):  # each video's own span of rows: S stays (windows, rows of one video), not of the batch
         low, high = int(which[b].min()), int(which[b].max()) + 1

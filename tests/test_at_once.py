@@ -28,7 +28,7 @@ def log(what):
         f.write(json.dumps({"job": run_dir.name, "what": what, "t": time.time(),
                             "threads": os.environ["OMP_NUM_THREADS"]}) + "\n")
 log("start")
-time.sleep(0.6)
+time.sleep(1.5 if "slow" in run_dir.name else 0.6)
 if "broken" in run_dir.name:
     print("a training that fails"); sys.exit(3)
 (run_dir / "model").mkdir(parents=True)
@@ -65,6 +65,14 @@ def test_jobs_run_at_most_at_once_and_after_the_model_they_start_from(tmp_path):
     assert {e["threads"] for e in ev.values()} == {"1"}
     assert not any((tmp_path / n / JOB_CONFIG).exists() for n in seconds)  # tidied after success
     assert (tmp_path / "a" / "train.log").exists()
+
+
+def test_seconds_come_back_in_the_jobs_order_not_the_order_they_finished(tmp_path):
+    # Recipe.at_once names a block by these keys: a race on which job ends first must not rename it.
+    seconds = train_jobs([job(tmp_path, "slow"), job(tmp_path, "quick")], at_once=2, threads=1, command=fake_command)
+    ev = events(tmp_path)
+    assert ev[("quick", "end")]["t"] < ev[("slow", "end")]["t"]  # quick finished first...
+    assert list(seconds) == ["slow", "quick"]  # ...and still comes second
 
 
 def test_a_failed_job_is_named_with_its_log_and_nothing_new_starts(tmp_path):

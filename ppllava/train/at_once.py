@@ -172,7 +172,8 @@ def train_jobs(jobs: Sequence[Job], at_once: int, threads: Optional[int] = None,
     if failed:
         raise RuntimeError("training failed: " + "\n".join(failed) +
                            (f"\nnot started: {', '.join(j.name for j in pending)}" if pending else ""))
-    return seconds
+    # In the jobs' order, not the order they finished in: callers name a block by these keys (Recipe.at_once).
+    return {job.name: seconds[job.name] for job in jobs}
 
 
 def _start(job: Job, slot: int, threads: int, progress: Optional[str], command) -> Tuple[object, Optional[IO]]:

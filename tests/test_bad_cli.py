@@ -240,7 +240,7 @@ def test_world_cli_exits_2_in_a_subprocess(tmp_path):
     (["--train", "0"], "argument --train: expected an int >= 1, got 0"),
     (["--eval", "-5"], "argument --eval: expected an int >= 1, got -5"),
     (["--preset", "huge"], "--preset huge: no .*huge/clip.yaml"),
-    (["--preset", "paper"], r"--preset paper: no .*paper/lm.yaml \(presets with a lm config: \['small', 'tiny', 'tiny-p8', 'tiny-p8-long'\]\)"),
+    (["--preset", "paper"], r"--preset paper: no .*paper/lm.yaml \(presets with a lm config: \['small', 'tiny', 'tiny-p8', 'tiny-p8-grounded', 'tiny-p8-long'\]\)"),
 ])
 def test_recipe_cli_refuses_before_it_writes(capsys, tmp_path, argv, match):
     from ppllava.train.recipe import main

@@ -137,7 +137,8 @@ class Named(NamedTuple):
 
 class ClipPairCollator:
     """Stacks pixels and masks, tokenizes texts for CLIP, and marks every (image, text) pair whose
-    text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE.
+    text names an object in the image (`positives`, (B, B) bool) for multi-positive InfoNCE, and
+    every item whose prompt fits its target alone (`grounded`, (B,) bool: `grounding_loss`'s pairs).
 
     `filler` (lo, hi): put lo..hi words of object-free dialogue before each name (drawn per item
     from `seed`), so the name sits deep in a long prompt, as in a multi-turn conversation.
@@ -222,9 +223,14 @@ class ClipPairCollator:
         keys = [Named.keys_of(item["objects"], item.get("regions") or {}) for item in items]
         wanted = [n.key for n in named]
         positives = torch.tensor([[w in k for w in wanted] for k in keys])
+        # grounded[i]: prompt i fits one object of image i, its target, whose mask the item carries; a prompt
+        # that fits two objects ("a triangle" with two triangles on screen) has no one mask to ground to
+        grounded = torch.tensor([sum(w in Named.keys_of([o], item.get("regions") or {}) for o in item["objects"]) == 1
+                                 for w, item in zip(wanted, items)])
         return {"pixel_values": torch.stack([i["pixel_values"] for i in items]),
                 "clip_input_ids": tokenize_clip_prompts([self._text(t) for t in texts], self.tokenizer, self.context,
                                                          self.clip_ids),
                 "masks": torch.stack([i["mask"] for i in items]),
                 "object_masks": torch.stack([i["object_mask"] for i in items]), "positives": positives,
+                "grounded": grounded,
                 "names": [i["name"] for i in items]}

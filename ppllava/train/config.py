@@ -63,6 +63,9 @@ class TrainConfig:
     clip_partial: float = 0.0  # clip: share of prompts naming only the shape or only the colour, as questions do
     clip_questions: float = 0.0  # clip: share of prompts that are the record's own question (the SFT-time CLIP prompt)
     clip_positions: float = 0.0  # clip: share of full-name prompts that say where the object is ("at the top left")
+    # clip: weight of the grounding loss (losses.grounding_loss: the map's share on the named object's patches,
+    # from the world's masks, which real CLIP never sees) added to the contrastive loss; 0 is the paper's stage
+    clip_grounding: float = 0.0
     # clip: the text tower encodes each batch's prompts in this many groups by length (PPLLaVA.encode_prompts):
     # with a filler that spreads lengths over the context, 1 group spends most of its positions on padding
     clip_text_groups: int = 1
@@ -117,6 +120,11 @@ class TrainConfig:
         for name in ("clip_questions", "clip_partial", "clip_positions"):
             if not 0 <= getattr(self, name) <= 1:
                 raise ValueError(f"TrainConfig.{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.clip_grounding < 0:
+            raise ValueError(f"TrainConfig.clip_grounding must be >= 0, got {self.clip_grounding}")
+        if self.clip_grounding and self.clip_loss != "fine_grained":
+            raise ValueError(f"TrainConfig.clip_grounding {self.clip_grounding} needs clip_loss 'fine_grained' (a patch "
+                             f"map to ground), got {self.clip_loss!r}")
         if self.clip_text_groups < 1:
             raise ValueError(f"TrainConfig.clip_text_groups must be >= 1, got {self.clip_text_groups}")
         if len(self.clip_filler) != 2 or not 0 <= self.clip_filler[0] <= self.clip_filler[1]:

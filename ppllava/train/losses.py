@@ -22,6 +22,32 @@ def fine_grained_logits(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, l
     return tau * (r * torch.softmax(tau * r, dim=-1)).sum(-1)
 
 
+def grounding_loss(patch_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor,
+                   masks: torch.Tensor, keep: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """-mean_i log sum_{p in M_i} softmax_p(tau * r_ip): the share of pair i's relevance map
+    (the fine-grained logit's softmax, text i over image i's patches) that falls on the named object's
+    patches M_i. An option of the kit's CLIP stage, not of the paper: the world knows every object's
+    patches, which a CLIP pretrained on captions never sees (docs/world.md, issue #15).
+
+    patch_embeds `(B, N, Dc)`, text_embeds `(B, Dc)` (text i names image i's object), masks `(B, N)` bool,
+    keep `(B,)` bool (the pairs to ground; None: all) -> scalar. Pairs whose mask is empty are skipped;
+    at least one pair must remain."""
+    if patch_embeds.dim() != 3 or text_embeds.shape != (patch_embeds.shape[0], patch_embeds.shape[2]):
+        raise ValueError(f"grounding_loss: patch_embeds (B, N, Dc) and text_embeds (B, Dc) expected, got "
+                         f"{tuple(patch_embeds.shape)} and {tuple(text_embeds.shape)}")
+    if masks.shape != patch_embeds.shape[:2] or masks.dtype != torch.bool:
+        raise ValueError(f"grounding_loss: masks must be bool of shape {tuple(patch_embeds.shape[:2])}, got "
+                         f"{masks.dtype} {tuple(masks.shape)}")
+    keep = masks.any(1) if keep is None else keep & masks.any(1)
+    if not keep.any():
+        raise ValueError("grounding_loss: no pair to ground (every pair's mask is empty or left out by keep)")
+    e = F.normalize(patch_embeds.float(), dim=-1)
+    c = F.normalize(text_embeds.float(), dim=-1)
+    log_s = torch.log_softmax(logit_scale.float().exp() * torch.einsum("bnd,bd->bn", e, c), dim=-1)  # (B, N)
+    on_object = torch.logsumexp(log_s.masked_fill(~masks, float("-inf")), dim=-1)  # (B,)
+    return -on_object[keep].mean()
+
+
 def global_logits(image_embeds: torch.Tensor, text_embeds: torch.Tensor, logit_scale: torch.Tensor) -> torch.Tensor:
     """Plain CLIP logits tau * cos(image, text): (B, Dc), (B', Dc) -> (B, B') (the ablation)."""
     return logit_scale.float().exp() * F.normalize(image_embeds.float(), dim=-1) @ F.normalize(text_embeds.float(), dim=-1).T

@@ -18,6 +18,7 @@ from ppllava.train.losses import (
     contrastive_loss,
     dpo_loss,
     fine_grained_logits,
+    grounding_loss,
     global_logits,
     sequence_logprobs,
     token_accuracy,
@@ -114,21 +115,31 @@ class _Stage(L.LightningModule):
 class ClipPretrainModule(_Stage):
     """Fine-grained (or global) CLIP post-pretraining; pointing accuracy on validation."""
 
-    def _logits(self, batch) -> torch.Tensor:
+    def _logits(self, batch, stage: str = "train"):
+        """(logits (B, B), grounding loss or None): the grounding loss is computed when it trains, and on
+        validation whenever there is a patch map (it says how much of the map lies on the named object)."""
         m = self.model
         text = m.encode_prompts(batch["clip_input_ids"], groups=self.train_config.clip_text_groups)
         if self.train_config.clip_loss == "global":
             image = m.visual_projection(m.vision_tower(pixel_values=batch["pixel_values"]).pooler_output)
-            return global_logits(image, text, m.logit_scale)
+            return global_logits(image, text, m.logit_scale), None
         patches = m._patch_embeds(m._patch_features(batch["pixel_values"]))  # (B, g*g, Dc)
-        return fine_grained_logits(patches, text, m.logit_scale)
+        grounding, masks = None, batch["object_masks"].flatten(1)
+        # a batch whose every prompt fits two objects (or whose targets show nowhere) has nothing to ground
+        if (self.train_config.clip_grounding or stage == "val") and (batch["grounded"] & masks.any(1)).any():
+            grounding = grounding_loss(patches, text, m.logit_scale, masks, batch["grounded"])
+        return fine_grained_logits(patches, text, m.logit_scale), grounding
 
     def on_train_batch_end(self, outputs, batch, batch_idx) -> None:
         with torch.no_grad():  # as CLIP does: tau = exp(logit_scale) never above 100
             self.model.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     def _step(self, batch, stage):
-        loss = contrastive_loss(self._logits(batch), batch["positives"])
+        logits, grounding = self._logits(batch, stage)
+        loss = contrastive_loss(logits, batch["positives"])
+        if grounding is not None:
+            self.log(f"{stage}/grounding", grounding, batch_size=len(batch["names"]))
+            loss = loss + self.train_config.clip_grounding * grounding
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=len(batch["names"]))
         if stage == "val":
             self.log("val/pointing", batch_pointing(self.model, batch), prog_bar=True, batch_size=len(batch["names"]))
